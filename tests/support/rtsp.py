@@ -1,0 +1,1 @@
+"""Test fixtures (filled in by the peer harness)."""

@@ -1,0 +1,195 @@
+"""Catalog tables (DESIGN §4). The schema itself is created by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Column, Index, LargeBinary, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import DateTime, TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from vault.timerange import as_utc
+
+__all__ = [
+    "AuditEvent",
+    "Camera",
+    "CameraStatus",
+    "Gap",
+    "HealthState",
+    "RetentionPolicy",
+    "Run",
+    "Segment",
+    "SegmentState",
+    "Site",
+    "Tombstone",
+    "UTCDateTime",
+]
+
+COLLECTION_PURPOSE = "security"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC instants; refuses naive ones on the way in, returns aware ones on the way out.
+
+    SQLite has no timezone type, so values are normalised to UTC and stored without offset;
+    PostgreSQL gets ``timestamptz``.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        utc = as_utc(value)
+        if dialect.name == "sqlite":
+            return utc.replace(tzinfo=None)
+        return utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _utc_col(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+class SegmentState(StrEnum):
+    STORED = "stored"
+    PURGING = "purging"
+    PURGED = "purged"
+
+
+class HealthState(StrEnum):
+    RECORDING = "recording"
+    RECONNECTING = "reconnecting"
+    OFFLINE = "offline"
+    DEGRADED = "degraded"
+    STOPPED = "stopped"
+
+
+class Site(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    timezone: str = Field(max_length=64)
+
+
+class RetentionPolicy(SQLModel, table=True):
+    __tablename__ = "retention_policy"
+
+    id: str = Field(primary_key=True, max_length=64)
+    days: int
+    min_days: int
+    max_days: int
+    basis: str = Field(max_length=200, default="")
+    effective_from: datetime | None = _utc_col(nullable=True)
+
+
+class Camera(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=64)
+    site_id: str = Field(foreign_key="site.id", max_length=64)
+    name: str = Field(max_length=200)
+    location: str = Field(max_length=200, default="")
+    # A redacted reference to the source: never credentials (I9).
+    source_ref: str = Field(max_length=500)
+    purpose: str = Field(max_length=32, default=COLLECTION_PURPOSE)
+    retention_policy_id: str = Field(foreign_key="retention_policy.id", max_length=64)
+    enabled: bool = True
+
+
+class Run(SQLModel, table=True):
+    """Footage recorded without a break; wall time of its first packet anchors its segments."""
+
+    id: str = Field(primary_key=True, max_length=36)
+    camera_id: str = Field(foreign_key="camera.id", max_length=64, index=True)
+    started_at: datetime = _utc_col()
+    # Camera clock minus host clock when the camera reports one (RTCP/NTP), else null.
+    clock_offset_ms: float | None = None
+    restamped: bool = False
+    reason: str = Field(max_length=200, default="")
+
+
+class Segment(SQLModel, table=True):
+    __table_args__ = (Index("ix_segment_camera_start", "camera_id", "start"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    camera_id: str = Field(foreign_key="camera.id", max_length=64)
+    run_id: str = Field(max_length=36)
+    start: datetime = _utc_col()
+    end: datetime = _utc_col()
+    media_duration: float
+    frames: int
+    codec: str = Field(max_length=32)
+    width: int
+    height: int
+    bytes: int
+    sha256: str = Field(max_length=64)
+    object_key: str = Field(max_length=500, unique=True)
+    key_id: str = Field(max_length=64)
+    wrapped_dek: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    thumb_key: str | None = Field(default=None, max_length=500)
+    thumb_sha256: str | None = Field(default=None, max_length=64)
+    thumb_wrapped_dek: bytes | None = Field(
+        default=None, sa_column=Column(LargeBinary, nullable=True)
+    )
+    purpose: str = Field(max_length=32, default=COLLECTION_PURPOSE)
+    retention_until: datetime = _utc_col(index=True)
+    state: str = Field(max_length=16, default=SegmentState.STORED, index=True)
+    created_at: datetime = _utc_col()
+    purged_at: datetime | None = _utc_col(nullable=True)
+
+
+class Gap(SQLModel, table=True):
+    __table_args__ = (Index("ix_gap_camera_start", "camera_id", "start"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    camera_id: str = Field(foreign_key="camera.id", max_length=64)
+    start: datetime = _utc_col()
+    end: datetime = _utc_col()
+    reason: str = Field(max_length=500)
+    created_at: datetime = _utc_col()
+
+
+class Tombstone(SQLModel, table=True):
+    segment_id: str = Field(primary_key=True, max_length=36)
+    camera_id: str = Field(max_length=64, index=True)
+    sha256: str = Field(max_length=64)
+    object_key: str = Field(max_length=500, index=True)
+    deleted_at: datetime = _utc_col()
+    method: str = Field(max_length=100)
+    verified: bool = False
+
+
+class CameraStatus(SQLModel, table=True):
+    __tablename__ = "camera_status"
+
+    camera_id: str = Field(primary_key=True, max_length=64)
+    state: str = Field(max_length=16)
+    detail: str = Field(max_length=500, default="")
+    updated_at: datetime = _utc_col()
+    last_segment_end: datetime | None = _utc_col(nullable=True)
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+
+    seq: int = Field(primary_key=True)
+    at: datetime = _utc_col()
+    actor: str = Field(max_length=200)
+    role: str = Field(max_length=64)
+    action: str = Field(max_length=100, index=True)
+    target: str = Field(max_length=500)
+    purpose: str = Field(max_length=64, default="")
+    decision: str = Field(max_length=16)
+    reason: str = Field(max_length=1000, default="")
+    client: str = Field(max_length=200, default="")
+    details: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    prev_hash: str = Field(max_length=64, sa_type=String(64))
+    hash: str = Field(max_length=64, sa_type=String(64))

@@ -1,0 +1,65 @@
+"""Process settings: one validated object per process, built by the composition root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Read from ``CCTV_*`` environment variables (and a ``.env`` file if present)."""
+
+    model_config = SettingsConfigDict(env_prefix="CCTV_", extra="forbid", env_file=None)
+
+    data_dir: Path = Field(Path("./var"), description="Root of the embedded catalog, store, spool")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file under the data dir"
+    )
+    store: Literal["fs", "s3"] = Field("fs", description="Object store backend")
+    s3_endpoint: str = Field("127.0.0.1:9000", description="host:port of the S3 service")
+    s3_secure: bool = Field(True, description="Use HTTPS to reach the S3 service")
+    s3_region: str = Field("us-east-1")
+    s3_bucket: str = Field("cctv-vault", min_length=3, max_length=63)
+    s3_access_key: SecretStr | None = Field(None, description="S3 access key id")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret access key")
+    s3_allow_unenforced_lock: bool = Field(
+        False,
+        description="Start even if the store accepts deleting a locked object (logged loudly)",
+    )
+    key_file: Path | None = Field(
+        None, description="Key-encryption key file (0600); default: <data_dir>/keys/kek.bin"
+    )
+    spool_dir: Path | None = Field(None, description="Spool directory; default <data_dir>/spool")
+    spool_max_bytes: int = Field(
+        2 * 1024**3, ge=16 * 1024**2, description="Bound of uncommitted footage in the spool"
+    )
+    demo: bool = Field(False, description="Embedded demo mode: allows demo-only defaults")
+
+    @model_validator(mode="after")
+    def _s3_credentials(self) -> Settings:
+        if self.store == "s3" and (self.s3_access_key is None or self.s3_secret_key is None):
+            raise ValueError("store=s3 needs CCTV_S3_ACCESS_KEY and CCTV_S3_SECRET_KEY")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
+
+    @property
+    def resolved_key_file(self) -> Path:
+        return self.key_file or self.data_dir / "keys" / "kek.bin"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return self.spool_dir or self.data_dir / "spool"
+
+    @property
+    def store_root(self) -> Path:
+        return self.data_dir / "store"
