@@ -137,7 +137,14 @@ class _State:
 
 
 class Segmenter:
-    def __init__(self, time_base: Fraction, config: SegmenterConfig | None = None) -> None:
+    def __init__(
+        self,
+        time_base: Fraction,
+        config: SegmenterConfig | None = None,
+        *,
+        pending_gap: GapInfo | None = None,
+    ) -> None:
+        """``pending_gap`` carries an outage over from a previous connection or process."""
         if time_base <= 0:
             raise ValueError("time_base must be positive")
         self.time_base = time_base
@@ -145,7 +152,7 @@ class Segmenter:
         self._target = self._ticks(self.config.target_seconds)
         self._max_gop = self._ticks(self.config.max_gop_seconds)
         self._jump = self._ticks(self.config.jump_seconds)
-        self._s = _State()
+        self._s = _State(pending_gap=pending_gap)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -156,6 +163,16 @@ class Segmenter:
     @property
     def restamped(self) -> bool:
         return self._s.restamp
+
+    @property
+    def pending_gap(self) -> GapInfo | None:
+        """The outage not yet closed by a new run (its ``end`` is not final)."""
+        return self._s.pending_gap
+
+    def note_outage(self, at: datetime, reason: str) -> None:
+        """The source failed before any run started: the gap starts now, if none is open."""
+        if self._s.run is None and self._s.pending_gap is None:
+            self._s.pending_gap = GapInfo(start=at, end=at, reason=reason)
 
     def feed(self, pkt: PacketMeta) -> list[Action]:
         s = self._s

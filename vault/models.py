@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -133,10 +134,12 @@ class Segment(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     object_key: str = Field(max_length=500, unique=True)
     key_id: str = Field(max_length=64)
-    wrapped_dek: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    wrapped_dek: builtins.bytes | None = Field(
+        default=None, sa_column=Column(LargeBinary, nullable=True)
+    )
     thumb_key: str | None = Field(default=None, max_length=500)
     thumb_sha256: str | None = Field(default=None, max_length=64)
-    thumb_wrapped_dek: bytes | None = Field(
+    thumb_wrapped_dek: builtins.bytes | None = Field(
         default=None, sa_column=Column(LargeBinary, nullable=True)
     )
     purpose: str = Field(max_length=32, default=COLLECTION_PURPOSE)

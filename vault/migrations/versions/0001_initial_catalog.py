@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = '0001'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -143,7 +142,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('segment', schema=None) as batch_op:
         batch_op.create_index('ix_segment_camera_start', ['camera_id', 'start'], unique=False)
-        batch_op.create_index(batch_op.f('ix_segment_retention_until'), ['retention_until'], unique=False)
+        batch_op.create_index(
+            batch_op.f('ix_segment_retention_until'), ['retention_until'], unique=False
+        )
         batch_op.create_index(batch_op.f('ix_segment_state'), ['state'], unique=False)
 
 

@@ -1,0 +1,130 @@
+"""Wiring: settings -> catalog, store, keys -> the running roles. The one place that knows all."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from ingest.recorder import CameraRecorder, Committer, HealthBoard, source_ref
+from ingest.spool import Spool
+from vault.catalog import sync_config
+from vault.config import VaultConfig
+from vault.crypto import LocalKeyProvider
+from vault.db import make_engine, migrate, unit_of_work
+from vault.lifecycle import VaultContext
+from vault.settings import Settings
+from vault.store.factory import ensure_lock_enforcement, open_store
+from vault.timerange import Clock, SystemClock
+
+__all__ = ["IngestService", "open_vault"]
+
+log = logging.getLogger("cctv_vault")
+
+
+def open_vault(settings: Settings, clock: Clock | None = None) -> VaultContext:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    store = open_store(settings)
+    ensure_lock_enforcement(store, settings.s3_allow_unenforced_lock, log)
+    keys = LocalKeyProvider(settings.resolved_key_file)
+    return VaultContext(engine=engine, store=store, keys=keys, clock=clock or SystemClock())
+
+
+@dataclass
+class IngestService:
+    """All cameras of one config, a spool and its committer, in one process."""
+
+    ctx: VaultContext
+    config: VaultConfig
+    settings: Settings
+    recorders: list[CameraRecorder] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.spool = Spool(self.settings.resolved_spool_dir, self.settings.spool_max_bytes)
+        self.health = HealthBoard(self.ctx.clock)
+        self.committer = Committer(self.ctx, self.spool, self.health)
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        self.spool.acquire()
+        with unit_of_work(self.ctx.engine) as session:
+            sync_config(
+                session, self.config, {c.id: source_ref(c) for c in self.config.cameras}
+            )
+        recovered = {r.camera_id: r.gap for r in self.spool.recover()}
+        self.committer.start()
+        cache = self.settings.data_dir / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        for camera in self.config.cameras:
+            if not camera.enabled:
+                continue
+            recorder = CameraRecorder(
+                camera,
+                self.config.recording,
+                self.config.segment_seconds(camera),
+                self.spool,
+                self.committer,
+                self.health,
+                self.ctx.clock,
+                cache_dir=cache,
+                initial_gap=recovered.get(camera.id),
+            )
+            self.recorders.append(recorder)
+            recorder.start()
+        log.info(
+            "ingest started: %d camera(s), spool %s, store %s",
+            len(self.recorders),
+            self.spool.root,
+            self.ctx.store.name,
+        )
+
+    def stop(self) -> None:
+        for recorder in self.recorders:
+            recorder.stop()
+        for recorder in self.recorders:
+            recorder.join(timeout=30)
+        self.committer.stop()
+        self.committer.join(timeout=30)
+        try:
+            self.committer.drain()
+        except Exception as exc:  # footage stays in the spool for the next start
+            log.warning("final commit deferred: %s", exc)
+        self.spool.release()
+        self.stopped.set()
+
+    def wait(self, duration: float | None) -> None:
+        """Run until SIGINT/SIGTERM, ``duration`` seconds, or every file camera has ended."""
+        done = threading.Event()
+
+        def _signal(_signum: int, _frame: FrameType | None) -> None:
+            done.set()
+
+        signal.signal(signal.SIGINT, _signal)
+        signal.signal(signal.SIGTERM, _signal)
+        deadline = None if duration is None else self.ctx.clock.now().timestamp() + duration
+        while not done.is_set():
+            if deadline is not None and self.ctx.clock.now().timestamp() >= deadline:
+                break
+            if self.recorders and not any(r.is_alive() for r in self.recorders):
+                break
+            done.wait(0.5)
+
+
+@contextmanager
+def running(service: IngestService) -> Iterator[IngestService]:
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def default_demo_config() -> Path:
+    return Path(__file__).with_name("demo.toml")

@@ -1,0 +1,121 @@
+"""Catalog queries and the config -> catalog sync. Services flush; the unit of work commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from vault.config import VaultConfig
+from vault.errors import NotFound
+from vault.models import Camera, CameraStatus, Gap, RetentionPolicy, Segment, Site
+from vault.timerange import TimeRange, as_utc
+
+__all__ = [
+    "camera_or_404",
+    "gaps_in_range",
+    "record_status",
+    "segments_in_range",
+    "sync_config",
+]
+
+
+def sync_config(session: Session, config: VaultConfig, redact: dict[str, str]) -> None:
+    """Upsert sites, policies and cameras from the config.
+
+    ``redact`` maps camera id to the redacted source reference: the catalog never sees
+    credentials (I9). Cameras missing from the config are disabled, never deleted: their
+    footage stays under its retention.
+    """
+    for site in config.sites:
+        session.merge(Site(id=site.id, name=site.name, timezone=site.timezone))
+    for pol in config.retention_policies:
+        session.merge(
+            RetentionPolicy(
+                id=pol.id,
+                days=pol.days,
+                min_days=pol.min_days,
+                max_days=pol.max_days,
+                basis=pol.basis,
+                effective_from=pol.effective_from,
+            )
+        )
+    session.flush()
+    known = {c.id for c in config.cameras}
+    for cam in config.cameras:
+        session.merge(
+            Camera(
+                id=cam.id,
+                site_id=cam.site,
+                name=cam.name,
+                location=cam.location,
+                source_ref=redact.get(cam.id, cam.source.kind),
+                purpose=cam.purpose,
+                retention_policy_id=cam.retention_policy,
+                enabled=cam.enabled,
+            )
+        )
+    for stale in session.exec(select(Camera).where(col(Camera.id).not_in(known))):
+        stale.enabled = False
+        session.add(stale)
+    session.flush()
+
+
+def camera_or_404(session: Session, camera_id: str) -> Camera:
+    camera = session.get(Camera, camera_id)
+    if camera is None:
+        raise NotFound(f"no camera {camera_id!r}")
+    return camera
+
+
+def segments_in_range(
+    session: Session, camera_id: str, window: TimeRange, *, states: Sequence[str] = ("stored",)
+) -> list[Segment]:
+    """Segments of a camera overlapping ``window`` (half-open), ordered by start.
+
+    Uses the ``(camera_id, start)`` index: a segment is at most 300 s long, so only rows
+    starting after ``window.start - 300 s`` can overlap.
+    """
+    from datetime import timedelta
+
+    stmt = (
+        select(Segment)
+        .where(Segment.camera_id == camera_id)
+        .where(col(Segment.start) >= window.start - timedelta(seconds=301))
+        .where(col(Segment.start) < window.end)
+        .where(col(Segment.end) > window.start)
+        .where(col(Segment.state).in_(list(states)))
+        .order_by(col(Segment.start))
+    )
+    return list(session.exec(stmt))
+
+
+def gaps_in_range(session: Session, camera_id: str, window: TimeRange) -> list[Gap]:
+    stmt = (
+        select(Gap)
+        .where(Gap.camera_id == camera_id)
+        .where(col(Gap.start) < window.end)
+        .where(col(Gap.end) > window.start)
+        .order_by(col(Gap.start))
+    )
+    return list(session.exec(stmt))
+
+
+def record_status(
+    session: Session,
+    camera_id: str,
+    state: str,
+    detail: str,
+    at: datetime,
+    last_segment_end: datetime | None = None,
+) -> None:
+    row = session.get(CameraStatus, camera_id)
+    if row is None:
+        row = CameraStatus(camera_id=camera_id, state=state, detail=detail, updated_at=as_utc(at))
+    row.state = state
+    row.detail = detail[:500]
+    row.updated_at = as_utc(at)
+    if last_segment_end is not None:
+        row.last_segment_end = last_segment_end
+    session.add(row)
