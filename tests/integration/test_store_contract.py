@@ -1,0 +1,601 @@
+"""The ObjectStore contract, run against the filesystem backend and S3 (moto's server) alike.
+
+Tests taking ``store`` run once per backend; the ``fs``/``s3`` sections at the end cover what only
+one backend can show (an injected clock, temp files on disk, the S3 server going away).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from minio import Minio
+from pydantic import SecretStr
+
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, MotoServer
+from vault.errors import ConfigError, Conflict, InvalidInput, NotFound, Unavailable
+from vault.settings import Settings
+from vault.store.base import MAX_DELETE_BATCH, DeleteFailure, ObjectInfo, ObjectStore
+from vault.store.factory import ensure_lock_enforcement, open_store
+from vault.store.fs import FilesystemStore
+from vault.store.s3 import S3Store
+from vault.timerange import FixedClock, utcnow
+
+SEGMENT = "segments/site1/cam1/2026/11/29/seg-0001"
+FOOTAGE = bytes(range(256)) * 40  # 10 KiB with distinct bytes at every offset
+METADATA = {"camera": "cam1", "sha256": "ab" * 32, "segment-id": "seg-0001"}
+
+BAD_KEYS = [
+    "",
+    "/segments/a",
+    "segments//a",
+    "segments/a/",
+    "segments/../a",
+    "..",
+    ".",
+    "segments/./a",
+    "segments/.hidden",
+    "segments\\a",
+    "segments/sp ace",
+    "segments/caf\u00e9",
+    "segments/a\x00b",
+]
+
+
+_TOKYO = timezone(timedelta(hours=9))
+
+
+def _later(hours: float = 1) -> datetime:
+    # Whole milliseconds: S3 keeps retain-until dates to the millisecond.
+    return (utcnow() + timedelta(hours=hours)).replace(microsecond=0)
+
+
+def _versions_left(store: ObjectStore, key: str) -> int:
+    return len(store.version_ids(key)) if isinstance(store, S3Store) else 0
+
+
+# -- put / get / head -------------------------------------------------------------------------
+
+
+def test_put_get_roundtrip_with_metadata(store: ObjectStore) -> None:
+    store.put(SEGMENT, FOOTAGE, METADATA)
+
+    assert store.get(SEGMENT) == FOOTAGE
+    info = store.head(SEGMENT)
+    assert info == ObjectInfo(key=SEGMENT, size=len(FOOTAGE), metadata=METADATA)
+
+
+def test_empty_object_and_empty_metadata(store: ObjectStore) -> None:
+    store.put("exports/empty", b"", {})
+
+    assert store.get("exports/empty") == b""
+    assert store.head("exports/empty") == ObjectInfo(key="exports/empty", size=0)
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "expected"),
+    [
+        (0, None, FOOTAGE),
+        (100, 50, FOOTAGE[100:150]),
+        (1000, None, FOOTAGE[1000:]),
+        (0, 1, FOOTAGE[:1]),
+        (len(FOOTAGE) - 10, 100, FOOTAGE[-10:]),  # length past the end: what there is
+        (len(FOOTAGE), None, b""),  # offset at the end: nothing, not an error
+        (len(FOOTAGE) + 5, 3, b""),
+        (10, 0, b""),
+    ],
+)
+def test_ranged_get(store: ObjectStore, offset: int, length: int | None, expected: bytes) -> None:
+    store.put(SEGMENT, FOOTAGE, METADATA)
+
+    assert store.get(SEGMENT, offset=offset, length=length) == expected
+
+
+@pytest.mark.parametrize(("offset", "length"), [(-1, None), (0, -1)])
+def test_negative_range_is_invalid(store: ObjectStore, offset: int, length: int | None) -> None:
+    store.put(SEGMENT, FOOTAGE, METADATA)
+
+    with pytest.raises(InvalidInput):
+        store.get(SEGMENT, offset=offset, length=length)
+
+
+def test_head_of_missing_key_is_none(store: ObjectStore) -> None:
+    assert store.head("segments/none/here") is None
+
+
+def test_get_of_missing_key_is_not_found(store: ObjectStore) -> None:
+    with pytest.raises(NotFound):
+        store.get("segments/none/here")
+    with pytest.raises(NotFound):
+        store.get("segments/none/here", offset=5, length=5)
+
+
+def test_put_overwrites_an_unlocked_object(store: ObjectStore) -> None:
+    store.put(SEGMENT, b"first", {"camera": "cam1"})
+    store.put(SEGMENT, b"second take", {"camera": "cam2"})
+
+    assert store.get(SEGMENT) == b"second take"
+    info = store.head(SEGMENT)
+    assert info is not None
+    assert (info.size, dict(info.metadata)) == (11, {"camera": "cam2"})
+
+
+def test_identical_put_is_idempotent_even_when_locked(store: ObjectStore) -> None:
+    # A retried put (the first answer was lost) must succeed, not trip over its own lock.
+    until = _later()
+    store.put(SEGMENT, FOOTAGE, METADATA, retain_until=until)
+    store.put(SEGMENT, FOOTAGE, METADATA, retain_until=until)
+
+    assert store.get(SEGMENT) == FOOTAGE
+    info = store.head(SEGMENT)
+    assert info is not None
+    assert info.retain_until == until
+
+
+# -- list -------------------------------------------------------------------------------------
+
+
+def test_list_by_prefix(store: ObjectStore) -> None:
+    keys = [
+        "segments/site1/cam1/2026/11/29/b",
+        "segments/site1/cam1/2026/11/29/a",
+        "segments/site1/cam1/2026/11/30/a",
+        "segments/site1/cam1-x/2026/11/29/a",
+        "segments/site1/cam10/2026/11/29/a",
+        "segments/site2/cam1/2026/11/29/a",
+        "thumbs/site1/cam1/a",
+    ]
+    for key in keys:
+        store.put(key, key.encode(), {})
+
+    assert list(store.list("segments/site1/cam1/")) == [
+        "segments/site1/cam1/2026/11/29/a",
+        "segments/site1/cam1/2026/11/29/b",
+        "segments/site1/cam1/2026/11/30/a",
+    ]
+    # A prefix is a string prefix, not a directory: "cam1" also matches "cam1-x" and "cam10",
+    # and the order is byte order over whole keys ("-" sorts before "/", "/" before "0").
+    assert list(store.list("segments/site1/cam1")) == [
+        "segments/site1/cam1-x/2026/11/29/a",
+        "segments/site1/cam1/2026/11/29/a",
+        "segments/site1/cam1/2026/11/29/b",
+        "segments/site1/cam1/2026/11/30/a",
+        "segments/site1/cam10/2026/11/29/a",
+    ]
+    assert list(store.list("")) == sorted(keys)
+    assert list(store.list("exports/")) == []
+    assert list(store.list("segments/site1/cam1/2026/11/29/a")) == [
+        "segments/site1/cam1/2026/11/29/a"
+    ]
+
+
+@pytest.mark.parametrize("prefix", ["/segments", "../", "segments/../x", "a//b", "a\\b", "é"])
+def test_list_refuses_bad_prefixes(store: ObjectStore, prefix: str) -> None:
+    with pytest.raises(InvalidInput):
+        store.list(prefix)  # refused at the call, before any iteration
+
+
+# -- delete -----------------------------------------------------------------------------------
+
+
+def test_delete_many_removes_every_version(store: ObjectStore) -> None:
+    keys = [f"segments/site1/cam1/2026/11/29/seg-{n}" for n in range(5)]
+    for key in keys:
+        store.put(key, b"v1", {})
+    store.put(keys[0], b"v2", {})  # a second version on S3
+    store.put("segments/site1/cam1/2026/11/29/seg-0-kept", b"neighbour", {})
+
+    assert store.delete_many(keys) == []
+
+    for key in keys:
+        assert store.head(key) is None
+        assert _versions_left(store, key) == 0
+    assert list(store.list("segments/")) == ["segments/site1/cam1/2026/11/29/seg-0-kept"]
+
+
+def test_delete_many_of_missing_keys_succeeds(store: ObjectStore) -> None:
+    assert store.delete_many(["segments/gone", "segments/never"]) == []
+    assert store.delete_many([]) == []
+
+
+def test_delete_many_refuses_more_than_a_batch(store: ObjectStore) -> None:
+    store.put(SEGMENT, FOOTAGE, METADATA)
+
+    with pytest.raises(InvalidInput):
+        store.delete_many([SEGMENT] + [f"x/{n}" for n in range(MAX_DELETE_BATCH)])
+    assert store.head(SEGMENT) is not None  # refused as a whole, nothing deleted
+
+
+def test_retained_object_cannot_be_deleted(store: ObjectStore) -> None:
+    store.put(SEGMENT, FOOTAGE, METADATA, retain_until=_later())
+    store.put("segments/free", b"free", {})
+
+    failures = store.delete_many([SEGMENT, "segments/free"])
+
+    assert [f.key for f in failures] == [SEGMENT]
+    assert all(isinstance(f, DeleteFailure) and f.reason for f in failures)
+    assert store.get(SEGMENT) == FOOTAGE
+    assert store.head("segments/free") is None
+
+
+def test_legal_hold_blocks_deletion_until_released(store: ObjectStore) -> None:
+    store.put(SEGMENT, FOOTAGE, METADATA)
+    store.set_legal_hold(SEGMENT, True)
+
+    assert [f.key for f in store.delete_many([SEGMENT])] == [SEGMENT]
+    assert store.get(SEGMENT) == FOOTAGE
+
+    store.set_legal_hold(SEGMENT, False)
+    assert store.delete_many([SEGMENT]) == []
+    assert store.head(SEGMENT) is None
+    assert _versions_left(store, SEGMENT) == 0
+
+
+# -- retention and holds as head reports them -------------------------------------------------
+
+
+def test_head_reports_retention_and_legal_hold(store: ObjectStore) -> None:
+    until = _later()
+    store.put(SEGMENT, FOOTAGE, METADATA, retain_until=until)
+    store.set_legal_hold(SEGMENT, True)
+
+    info = store.head(SEGMENT)
+
+    assert info is not None
+    assert info.retain_until == until
+    assert info.retain_until.tzinfo is not None
+    assert info.legal_hold is True
+    assert dict(info.metadata) == METADATA
+
+
+def test_retain_until_rounds_up_to_the_millisecond(store: ObjectStore) -> None:
+    asked = _later().replace(microsecond=123_456)
+    store.put(SEGMENT, FOOTAGE, METADATA, retain_until=asked)
+
+    info = store.head(SEGMENT)
+
+    assert info is not None
+    assert info.retain_until == asked.replace(microsecond=124_000)
+
+
+def test_retention_can_be_extended_but_not_shortened(store: ObjectStore) -> None:
+    until = _later(hours=2)
+    store.put(SEGMENT, FOOTAGE, METADATA, retain_until=until)
+
+    store.set_retention(SEGMENT, until + timedelta(days=1))
+    with pytest.raises(Conflict):
+        store.set_retention(SEGMENT, until)
+
+    info = store.head(SEGMENT)
+    assert info is not None
+    assert info.retain_until == until + timedelta(days=1)
+
+
+def test_retention_on_an_unretained_object(store: ObjectStore) -> None:
+    store.put(SEGMENT, FOOTAGE, METADATA)
+    store.set_retention(SEGMENT, _later())
+
+    assert [f.key for f in store.delete_many([SEGMENT])] == [SEGMENT]
+
+
+def test_lock_calls_on_missing_key_are_not_found(store: ObjectStore) -> None:
+    with pytest.raises(NotFound):
+        store.set_retention("segments/none", _later())
+    with pytest.raises(NotFound):
+        store.set_legal_hold("segments/none", True)
+
+
+def test_naive_datetimes_are_refused(store: ObjectStore) -> None:
+    naive = datetime(2030, 1, 1)
+    with pytest.raises(InvalidInput):
+        store.put(SEGMENT, FOOTAGE, METADATA, retain_until=naive)
+    store.put(SEGMENT, FOOTAGE, METADATA)
+    with pytest.raises(InvalidInput):
+        store.set_retention(SEGMENT, naive)
+
+
+def test_non_utc_retention_is_reported_in_utc(store: ObjectStore) -> None:
+    until = _later()
+    store.put(SEGMENT, FOOTAGE, METADATA, retain_until=until.astimezone(_TOKYO))
+
+    info = store.head(SEGMENT)
+
+    assert info is not None and info.retain_until == until
+    assert info.retain_until.utcoffset() == timedelta(0)
+
+
+# -- input validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", BAD_KEYS)
+def test_bad_keys_are_refused_everywhere(store: ObjectStore, key: str) -> None:
+    with pytest.raises(InvalidInput):
+        store.put(key, b"x", {})
+    with pytest.raises(InvalidInput):
+        store.get(key)
+    with pytest.raises(InvalidInput):
+        store.head(key)
+    with pytest.raises(InvalidInput):
+        store.delete_many(["segments/fine", key])
+    with pytest.raises(InvalidInput):
+        store.set_legal_hold(key, True)
+    with pytest.raises(InvalidInput):
+        store.set_retention(key, _later())
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"Camera": "cam1"},  # S3 lower-cases names: refuse rather than change them
+        {"camera id": "x"},
+        {"x_y": "1"},
+        {"camera": "caf\u00e9"},
+        {"camera": " padded"},
+        {"camera": "line\nbreak"},
+        {"big": "x" * 3000},
+    ],
+)
+def test_bad_metadata_is_refused(store: ObjectStore, metadata: dict[str, str]) -> None:
+    with pytest.raises(InvalidInput):
+        store.put(SEGMENT, FOOTAGE, metadata)
+    assert store.head(SEGMENT) is None
+
+
+def test_metadata_named_like_a_header_stays_metadata(store: ObjectStore) -> None:
+    store.put(SEGMENT, FOOTAGE, {"content-type": "video/mp4", "cache-control": "no"})
+
+    info = store.head(SEGMENT)
+
+    assert info is not None
+    assert dict(info.metadata) == {"content-type": "video/mp4", "cache-control": "no"}
+
+
+# -- the startup probe --------------------------------------------------------------------------
+
+
+def test_probe_finds_locks_enforced_and_cleans_up(store: ObjectStore) -> None:
+    assert store.probe_lock_enforcement() is True
+
+    assert list(store.list("")) == []
+    assert list(store.list("_probe/")) == []
+
+
+def test_ensure_lock_enforcement_passes_on_real_stores(
+    store: ObjectStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    ensure_lock_enforcement(store, allow_unenforced=False, log=logging.getLogger("test.startup"))
+    assert "lock enforcement verified" in caplog.text
+
+
+class _UnenforcedStore(FilesystemStore):
+    """A store that lets locked objects go: what the probe exists to catch."""
+
+    name = "lax"
+
+    def delete_many(self, keys: Sequence[str]) -> list[DeleteFailure]:
+        return self._delete(keys, honour_locks=False)
+
+
+def test_unenforced_store_refuses_to_start(tmp_path: Path) -> None:
+    lax = _UnenforcedStore(tmp_path / "store")
+    assert lax.probe_lock_enforcement() is False
+
+    with pytest.raises(ConfigError, match="CCTV_S3_ALLOW_UNENFORCED_LOCK"):
+        ensure_lock_enforcement(lax, allow_unenforced=False, log=logging.getLogger("t"))
+
+
+def test_unenforced_store_starts_loudly_when_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lax = _UnenforcedStore(tmp_path / "store")
+
+    ensure_lock_enforcement(lax, allow_unenforced=True, log=logging.getLogger("t"))
+
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "does NOT enforce object locks" in caplog.records[0].getMessage()
+
+
+# -- factory ------------------------------------------------------------------------------------
+
+
+def test_open_store_fs(tmp_path: Path) -> None:
+    store = open_store(Settings(data_dir=tmp_path, store="fs"))
+
+    assert isinstance(store, FilesystemStore)
+    assert store.root == tmp_path / "store"
+
+
+@pytest.mark.s3
+def test_open_store_s3_from_settings(moto_server: MotoServer) -> None:
+    moto_server.start()
+    bucket = f"test-{uuid.uuid4().hex[:24]}"
+    settings = Settings(
+        store="s3",
+        s3_endpoint=moto_server.endpoint,
+        s3_secure=False,
+        s3_bucket=bucket,
+        s3_access_key=SecretStr(ACCESS_KEY),
+        s3_secret_key=SecretStr(SECRET_KEY),
+    )
+
+    store = open_store(settings)
+
+    assert isinstance(store, S3Store)
+    assert store.bucket == bucket
+    store.put(SEGMENT, FOOTAGE, METADATA)
+    assert store.get(SEGMENT, offset=1, length=2) == FOOTAGE[1:3]
+    assert store.probe_lock_enforcement() is True
+
+
+# -- S3 only --------------------------------------------------------------------------------------
+
+
+@pytest.mark.s3
+def test_unreachable_s3_is_unavailable_quickly(s3_store: S3Store, moto_server: MotoServer) -> None:
+    s3_store.put(SEGMENT, FOOTAGE, METADATA)
+    moto_server.stop()
+    try:
+        calls: list[Callable[[], object]] = [
+            lambda: s3_store.head(SEGMENT),
+            lambda: s3_store.get(SEGMENT),
+            lambda: s3_store.put("segments/new", b"x", {}),
+            lambda: s3_store.delete_many([SEGMENT]),
+            lambda: list(s3_store.list("segments/")),
+            lambda: s3_store.set_legal_hold(SEGMENT, True),
+            lambda: s3_store.probe_lock_enforcement(),
+        ]
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as raised:
+                call()
+            assert time.monotonic() - started < 5, "an unreachable store must fail fast"
+            assert moto_server.endpoint in raised.value.message
+            assert ACCESS_KEY not in raised.value.message
+            assert SECRET_KEY not in raised.value.message
+    finally:
+        moto_server.start()
+
+    assert s3_store.get(SEGMENT) == FOOTAGE  # the same server state after the restart
+
+
+@pytest.mark.s3
+def test_overwriting_a_locked_s3_object_keeps_the_locked_version(s3_store: S3Store) -> None:
+    # S3 keeps versions: a new put is allowed, but the locked version still blocks the delete.
+    s3_store.put(SEGMENT, b"original", {}, retain_until=_later())
+    s3_store.put(SEGMENT, b"replacement", {})
+
+    assert s3_store.get(SEGMENT) == b"replacement"
+    assert [f.key for f in s3_store.delete_many([SEGMENT])] == [SEGMENT]
+    assert len(s3_store.version_ids(SEGMENT)) == 1  # the unlocked version went, the locked stays
+
+
+@pytest.mark.s3
+def test_s3_bucket_is_created_with_object_lock(s3_store: S3Store) -> None:
+    config = s3_store._client.get_bucket_versioning(s3_store.bucket)
+    assert config.status == "Enabled"
+    # Opening the same bucket again (a restart) must not fail.
+    S3Store(s3_store._client, s3_store.bucket)
+
+
+@pytest.mark.s3
+def test_s3_bucket_without_object_lock_cannot_start(s3_client: Minio) -> None:
+    # The override is for stores that accept locks but do not enforce them; a bucket that
+    # cannot lock at all fails even with it, and the probe leaves nothing behind.
+    bucket = f"test-{uuid.uuid4().hex[:24]}"
+    s3_client.make_bucket(bucket)  # no Object Lock
+    store = S3Store(s3_client, bucket)
+
+    with pytest.raises(ConfigError, match="ObjectLockConfiguration"):
+        ensure_lock_enforcement(store, allow_unenforced=True, log=logging.getLogger("t"))
+    assert list(s3_client.list_objects(bucket, recursive=True, include_version=True)) == []
+
+
+# -- filesystem only ------------------------------------------------------------------------------
+
+
+def test_fs_retention_follows_the_injected_clock(tmp_path: Path) -> None:
+    clock = FixedClock(datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
+    fs = FilesystemStore(tmp_path / "store", clock=clock.now)
+    fs.put(SEGMENT, FOOTAGE, METADATA, retain_until=datetime(2026, 11, 29, 13, 0, tzinfo=UTC))
+
+    assert [f.key for f in fs.delete_many([SEGMENT])] == [SEGMENT]
+    clock.advance(timedelta(minutes=59, seconds=59))
+    assert [f.key for f in fs.delete_many([SEGMENT])] == [SEGMENT]
+    clock.advance(timedelta(seconds=1))  # retain_until itself is the first deletable instant
+    assert fs.delete_many([SEGMENT]) == []
+    assert fs.head(SEGMENT) is None
+
+
+def test_fs_legal_hold_outlives_retention(tmp_path: Path) -> None:
+    clock = FixedClock(datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
+    fs = FilesystemStore(tmp_path / "store", clock=clock.now)
+    fs.put(SEGMENT, FOOTAGE, METADATA, retain_until=datetime(2026, 11, 29, 13, 0, tzinfo=UTC))
+    fs.set_legal_hold(SEGMENT, True)
+    clock.advance(timedelta(days=30))
+
+    assert [f.key for f in fs.delete_many([SEGMENT])] == [SEGMENT]
+
+
+def _stray_files(root: Path) -> list[str]:
+    return [
+        str(Path(d, f).relative_to(root))
+        for d, _, files in os.walk(root)
+        for f in files
+        if ".tmp-" in f
+    ]
+
+
+def test_fs_put_leaves_no_temp_files(fs_store: FilesystemStore) -> None:
+    fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=_later())
+    fs_store.put("thumbs/a", b"t", {})
+    fs_store.set_legal_hold("thumbs/a", True)
+    with pytest.raises(Conflict):
+        fs_store.put(SEGMENT, b"different bytes", METADATA)  # refused after its temp was written
+
+    assert _stray_files(fs_store.root) == []
+    assert fs_store.get(SEGMENT) == FOOTAGE
+
+
+def test_fs_refuses_to_replace_a_locked_object(fs_store: FilesystemStore) -> None:
+    # One file per key: replacing a locked object would destroy the locked bytes.
+    fs_store.put(SEGMENT, FOOTAGE, METADATA)
+    fs_store.set_legal_hold(SEGMENT, True)
+
+    with pytest.raises(Conflict):
+        fs_store.put(SEGMENT, b"other", METADATA)
+    assert fs_store.get(SEGMENT) == FOOTAGE
+
+
+def test_fs_lists_neither_sidecars_nor_temp_files(fs_store: FilesystemStore) -> None:
+    fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=_later())
+    # What a crash mid-put leaves behind: a temp file next to the object, an orphan sidecar.
+    objects_dir = fs_store.root / "objects" / Path(SEGMENT).parent
+    (objects_dir / ".seg-0002.tmp-deadbeef").write_bytes(b"partial")
+    orphan = fs_store.root / "meta" / "segments" / "orphan.json"
+    orphan.write_text('{"metadata": {}, "retain_until": null, "legal_hold": false}')
+
+    assert list(fs_store.list("")) == [SEGMENT]
+    assert (fs_store.root / "meta" / f"{SEGMENT}.json").is_file()
+    assert fs_store.head("segments/orphan") is None
+
+
+def test_fs_put_after_an_orphan_sidecar(fs_store: FilesystemStore) -> None:
+    # A crash between sidecar and object leaves the sidecar alone; the retried put must win.
+    sidecar = fs_store.root / "meta" / f"{SEGMENT}.json"
+    sidecar.parent.mkdir(parents=True)
+    sidecar.write_text(
+        '{"metadata": {}, "retain_until": "2999-01-01T00:00:00+00:00", "legal_hold": true}'
+    )
+
+    fs_store.put(SEGMENT, FOOTAGE, METADATA)
+
+    info = fs_store.head(SEGMENT)
+    assert info == ObjectInfo(key=SEGMENT, size=len(FOOTAGE), metadata=METADATA)
+
+
+def test_fs_unreadable_sidecar_never_unlocks(fs_store: FilesystemStore) -> None:
+    fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=_later())
+    (fs_store.root / "meta" / f"{SEGMENT}.json").write_text("{not json")
+
+    with pytest.raises(Unavailable):
+        fs_store.delete_many([SEGMENT])
+    assert fs_store.get(SEGMENT) == FOOTAGE
+
+
+def test_fs_key_colliding_with_a_directory_is_a_conflict(fs_store: FilesystemStore) -> None:
+    fs_store.put("segments/a/b", b"x", {})
+
+    with pytest.raises(Conflict):
+        fs_store.put("segments/a", b"y", {})
+    with pytest.raises(Conflict):
+        fs_store.put("segments/a/b/c", b"z", {})
+    assert fs_store.head("segments/a") is None
+    with pytest.raises(NotFound):
+        fs_store.get("segments/a")
