@@ -45,11 +45,14 @@ class IngestService:
     config: VaultConfig
     settings: Settings
     recorders: list[CameraRecorder] = field(default_factory=list)
+    commit_retry_max_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.spool = Spool(self.settings.resolved_spool_dir, self.settings.spool_max_bytes)
         self.health = HealthBoard(self.ctx.clock)
-        self.committer = Committer(self.ctx, self.spool, self.health)
+        self.committer = Committer(
+            self.ctx, self.spool, self.health, retry_high=self.commit_retry_max_s
+        )
         self.stopped = threading.Event()
 
     def start(self) -> None:
