@@ -269,6 +269,7 @@ class CameraRecorder(threading.Thread):
         self._stream: Any = None
         self._warnings: list[str] = []
         self.segments_closed = 0
+        self._failed: str | None = None
 
     # -- thread -------------------------------------------------------------------------------
 
@@ -315,8 +316,11 @@ class CameraRecorder(threading.Thread):
                 reason = f"recorder error: {type(exc).__name__}"
             finally:
                 if segmenter is not None:
+                    orderly = reason == "stopped" or (
+                        cam.source.kind == "file" and reason == "end of stream"
+                    )
                     for action in (
-                        segmenter.finish() if reason == "stopped" else segmenter.interrupt(reason)
+                        segmenter.finish() if orderly else segmenter.interrupt(reason)
                     ):
                         self._execute(action, None)
                     self._pending_gap = segmenter.pending_gap
@@ -326,7 +330,13 @@ class CameraRecorder(threading.Thread):
                         session.close()
                     except Exception:  # closing a broken stream may fail; nothing to keep
                         log.debug("closing source of %s failed", cam.id, exc_info=True)
-            if self.stopping.is_set() or (cam.source.kind == "file" and reason == "end of stream"):
+            if self.stopping.is_set():
+                break
+            if cam.source.kind == "file":
+                # A file is read once: re-reading it after an error would record it twice.
+                if reason != "end of stream":
+                    self._failed = reason
+                    self.health.set(cam.id, HealthState.OFFLINE, reason[:200])
                 break
             now = self.clock.now()
             if self._pending_gap is None:
@@ -352,7 +362,8 @@ class CameraRecorder(threading.Thread):
             # The camera was still down when we stopped: record the outage up to now.
             self.spool.add_gap(self.camera.id, GapInfo(gap.start, self.clock.now(), gap.reason))
             self._pending_gap = None
-        self.health.set(self.camera.id, HealthState.STOPPED, "")
+        if self._failed is None:
+            self.health.set(self.camera.id, HealthState.STOPPED, "")
         self.committer.wake.set()
 
     # -- source -------------------------------------------------------------------------------

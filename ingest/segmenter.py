@@ -288,12 +288,16 @@ class Segmenter:
     def _start_run(self, ts: int, pkt: PacketMeta, actions: list[Action]) -> _Run:
         s = self._s
         gap = s.pending_gap
+        anchor = pkt.received
         if gap is not None:
-            gap = GapInfo(start=gap.start, end=max(gap.start, pkt.received), reason=gap.reason)
+            # Never start before the previous run ended: one camera's wall timeline has no
+            # overlap even when media time ran ahead of the host clock (e.g. a file read fast).
+            anchor = max(gap.start, pkt.received)
+            gap = GapInfo(start=gap.start, end=anchor, reason=gap.reason)
         s.pending_gap = None
         run = _Run(
             first_dts=ts,
-            wall_start=pkt.received,
+            wall_start=anchor,
             last_dts=ts,
             last_duration=0,
             last_received=pkt.received,
@@ -301,8 +305,8 @@ class Segmenter:
         )
         s.run = run
         s.segment = _Segment(first_dts=ts)
-        actions.append(StartRun(wall_start=pkt.received, restamped=s.restamp, gap=gap))
-        actions.append(OpenSegment(pkt.received))
+        actions.append(StartRun(wall_start=anchor, restamped=s.restamp, gap=gap))
+        actions.append(OpenSegment(anchor))
         return run
 
     def _close(self, end_ts: int, run: _Run) -> CloseSegment:
