@@ -43,7 +43,7 @@ from ingest.sources import (
     redact_url,
     resolve_credentials,
 )
-from ingest.spool import Spool
+from ingest.spool import WARN_FRACTION, Spool
 from ingest.thumbnail import thumbnail_jpeg
 from vault.catalog import record_status
 from vault.config import CameraConfig, RecordingConfig
@@ -187,6 +187,7 @@ class Committer(threading.Thread):
         self._backoff = Backoff(retry_low, retry_high)
         self.committed = 0
         self.store_ok = True
+        self.spool_warning = False
 
     def run(self) -> None:
         while True:
@@ -211,6 +212,14 @@ class Committer(threading.Thread):
         """Commit everything closed in the spool; return how many segments were committed."""
         for dropped in self.spool.enforce_bound():
             self.health.set(dropped.camera_id, HealthState.DEGRADED, "spool full: footage dropped")
+        warning = self.spool.over_warning()
+        if warning and not self.spool_warning:
+            log.warning(
+                "spool above %d%% of its bound (%d bytes): the store or catalog is not keeping up",
+                int(WARN_FRACTION * 100),
+                self.spool.max_bytes,
+            )
+        self.spool_warning = warning
         count = 0
         for gap in self.spool.gaps():
             commit_gap(self.ctx, gap, self.spool.root)
