@@ -232,34 +232,32 @@ def commit_gap(ctx: VaultContext, gap: PendingGap, spool: Path) -> None:
     gap.path(spool).unlink(missing_ok=True)
 
 
+def _open_object(
+    ctx: VaultContext, key: str, key_id: str, wrapped: bytes, aad: bytes, sha256: str, what: str
+) -> bytes:
+    plaintext = open_blob(ctx.store.get(key), key_id, wrapped, aad, ctx.keys)
+    if hashlib.sha256(plaintext).hexdigest() != sha256:
+        raise IntegrityError(f"{what} does not match its catalog hash")
+    return plaintext
+
+
 def read_segment(ctx: VaultContext, segment: Segment) -> bytes:
     """Fetch, decrypt and authenticate a segment's native MP4; verify its plaintext hash."""
     if segment.wrapped_dek is None:
         raise NotFound(f"segment {segment.id} has been purged")
-    blob = ctx.store.get(segment.object_key)
-    plaintext = open_blob(
-        blob,
-        segment.key_id,
-        segment.wrapped_dek,
-        _segment_aad(segment.id, segment.camera_id, segment.start, segment.sha256),
-        ctx.keys,
+    aad = _segment_aad(segment.id, segment.camera_id, segment.start, segment.sha256)
+    return _open_object(
+        ctx, segment.object_key, segment.key_id, segment.wrapped_dek, aad, segment.sha256,
+        f"segment {segment.id}",
     )
-    if hashlib.sha256(plaintext).hexdigest() != segment.sha256:
-        raise IntegrityError(f"segment {segment.id} does not match its catalog hash")
-    return plaintext
 
 
 def read_thumbnail(ctx: VaultContext, segment: Segment) -> bytes:
+    """Fetch and decrypt the segment's derived thumbnail (a small JPEG)."""
     if segment.thumb_key is None or segment.thumb_wrapped_dek is None or not segment.thumb_sha256:
         raise NotFound(f"segment {segment.id} has no thumbnail")
-    blob = ctx.store.get(segment.thumb_key)
-    plaintext = open_blob(
-        blob,
-        segment.key_id,
-        segment.thumb_wrapped_dek,
-        _thumb_aad(segment.id, segment.camera_id, segment.start, segment.thumb_sha256),
-        ctx.keys,
+    aad = _thumb_aad(segment.id, segment.camera_id, segment.start, segment.thumb_sha256)
+    return _open_object(
+        ctx, segment.thumb_key, segment.key_id, segment.thumb_wrapped_dek, aad,
+        segment.thumb_sha256, f"thumbnail of segment {segment.id}",
     )
-    if hashlib.sha256(plaintext).hexdigest() != segment.thumb_sha256:
-        raise IntegrityError(f"thumbnail of segment {segment.id} does not match its hash")
-    return plaintext
