@@ -18,7 +18,7 @@ peers:
 	bash scripts/ensure-peers.sh
 
 demo: $(STAMP)
-	$(BIN)/cctv-vault up --config cctv_vault/demo.toml
+	CCTV_DATA_DIR=$${CCTV_DATA_DIR:-var/demo} CCTV_DEMO=true $(BIN)/cctv-vault up --config cctv_vault/demo.toml
 
 test: $(STAMP) peers
 	CCTV_TEST_DATABASE_URL=$${CCTV_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/pytest
