@@ -51,6 +51,9 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+_WRITE_BUFFER = 4 * 1024 * 1024
+
+
 class FragmentWriter:
     """Writes one segment file as fragmented MP4 by copying packets from a source stream.
 
@@ -63,7 +66,9 @@ class FragmentWriter:
         self.path = path
         self._time_base: Fraction = template.time_base or Fraction(1, 90_000)
         # We own the file object so that we can fsync it; PyAV only writes through it.
-        self._file: BinaryIO = open(path, "wb")
+        # A large buffer coalesces the muxer's many small writes (one per packet with
+        # flush_packets) into few system calls; it is flushed at every fragment boundary.
+        self._file: BinaryIO = open(path, "wb", buffering=_WRITE_BUFFER)
         try:
             self._container = av.open(self._file, "w", format="mp4", options=dict(MP4_OPTIONS))
             self._stream = self._container.add_stream_from_template(template)

@@ -279,6 +279,7 @@ class CameraRecorder(threading.Thread):
         self._warnings: list[str] = []
         self.segments_closed = 0
         self._failed: str | None = None
+        self._warned = False
 
     # -- thread -------------------------------------------------------------------------------
 
@@ -292,6 +293,8 @@ class CameraRecorder(threading.Thread):
             reason = "end of stream"
             segmenter: Segmenter | None = None
             session: SourceSession | None = None
+            announced = False
+            self._warned = False  # each connection re-detects its stream's problems
             try:
                 session = self._open()
                 self._stream = session.stream
@@ -312,12 +315,13 @@ class CameraRecorder(threading.Thread):
                     )
                     for action in segmenter.feed(meta):
                         self._execute(action, packet)
-                    if segmenter.recording and down_since is not None:
+                    if not announced and segmenter.recording:
+                        # Once per connection, not per packet: this loop is the hot path.
+                        announced = True
                         down_since = None
                         self._backoff.reset()
-                        self.health.set(cam.id, HealthState.RECORDING, "")
-                    elif down_since is None and self.health.get(cam.id) is None:
-                        self.health.set(cam.id, HealthState.RECORDING, "")
+                        if not self._warned:
+                            self.health.set(cam.id, HealthState.RECORDING, "")
             except SourceError as exc:
                 reason = f"source {exc.reason}: {exc.message}"
             except Exception as exc:  # keep the other cameras and this thread alive
@@ -422,6 +426,7 @@ class CameraRecorder(threading.Thread):
             self._close_segment(action)
         elif isinstance(action, HealthWarning):
             self._warnings.append(action.code)
+            self._warned = True
             log.warning("camera %s: %s", cam.id, action.message)
             self.health.set(cam.id, HealthState.DEGRADED, action.message)
         elif isinstance(action, DropPacket):

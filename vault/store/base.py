@@ -39,7 +39,7 @@ class ObjectStore(Protocol):
     def put(
         self,
         key: str,
-        data: bytes,
+        data: bytes | bytearray,
         metadata: Mapping[str, str],
         retain_until: datetime | None = None,
     ) -> None:

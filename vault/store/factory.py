@@ -12,7 +12,6 @@ from vault.errors import ConfigError
 from vault.settings import Settings
 from vault.store.base import ObjectStore
 from vault.store.fs import FilesystemStore
-from vault.store.s3 import S3Store
 
 __all__ = ["ensure_lock_enforcement", "open_store"]
 
@@ -21,6 +20,9 @@ def open_store(settings: Settings) -> ObjectStore:
     if settings.store == "fs":
         return FilesystemStore(settings.store_root)
     if settings.store == "s3":
+        # Imported here: the minio client costs start-up time the embedded default never needs.
+        from vault.store.s3 import S3Store
+
         return S3Store.from_settings(settings)
     raise ConfigError(f"unknown store backend {settings.store!r}")
 

@@ -57,6 +57,8 @@ from vault.errors import Conflict, InvalidInput, NotFound, Unavailable, VaultErr
 from vault.store.base import MAX_DELETE_BATCH, DeleteFailure, ObjectInfo
 from vault.timerange import as_utc, parse_instant, utcnow
 
+_WRITE_CHUNK = 1024 * 1024
+
 __all__ = [
     "PROBE_PREFIX",
     "FilesystemStore",
@@ -225,7 +227,7 @@ class FilesystemStore:
     def put(
         self,
         key: str,
-        data: bytes,
+        data: bytes | bytearray,
         metadata: Mapping[str, str],
         retain_until: datetime | None = None,
     ) -> None:
@@ -414,13 +416,15 @@ class FilesystemStore:
                 continue  # a concurrent put created it; it fsynced the parent
             _fsync_dir(path.parent)
 
-    def _write_temp(self, target: Path, data: bytes) -> Path:
+    def _write_temp(self, target: Path, data: bytes | bytearray) -> Path:
         temp = target.with_name(f".{target.name}{_TEMP_MARK}{uuid.uuid4().hex}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            # Chunks of 1 MiB: one huge write() costs the kernel several times more here
+            # (measured: 30 MB objects, see docs/ref/bench.md).
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
+                written = os.write(fd, view[:_WRITE_CHUNK])
                 view = view[written:]
             os.fsync(fd)
         except BaseException:
@@ -456,7 +460,7 @@ class FilesystemStore:
             raise NotFound(f"object {key} not found")
         return self._read_sidecar(key) or _Sidecar()
 
-    def _same_bytes(self, path: Path, data: bytes) -> bool:
+    def _same_bytes(self, path: Path, data: bytes | bytearray) -> bool:
         if path.stat().st_size != len(data):
             return False
         digest = hashlib.sha256()

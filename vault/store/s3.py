@@ -133,7 +133,7 @@ class S3Store:
     def put(
         self,
         key: str,
-        data: bytes,
+        data: bytes | bytearray,
         metadata: Mapping[str, str],
         retain_until: datetime | None = None,
     ) -> None:
