@@ -166,3 +166,45 @@ def test_broken_sources_do_not_disturb_a_healthy_camera(ctx: VaultContext, tmp_p
     assert len(jump_gaps) == 1
     assert sum(s.media_duration for s in jumped) == pytest.approx(8.0, abs=0.2)
     assert run_check(ctx).ok
+
+
+def test_camera_credentials_never_reach_logs_catalog_or_health(
+    ctx: VaultContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    password = "pw-" + "9f8e7d6c5b4a"
+    monkeypatch.setenv("CAM_SECRET_USERNAME", "operator")
+    monkeypatch.setenv("CAM_SECRET_PASSWORD", password)
+    config = parse_config(
+        config_text(
+            [("cam-secret", '{ kind = "rtsp", url = "rtsp://127.0.0.1:9/stream?channel=1", '
+                            'credentials_env = "CAM_SECRET", open_timeout_s = 1 }')],
+        )
+    )
+    caplog.set_level("DEBUG")
+    service = IngestService(ctx, config, Settings(data_dir=tmp_path / "data"))
+    service.start()
+    try:
+        wait_until(
+            lambda: (h := service.health.get("cam-secret")) and h[0] == "reconnecting",
+            30,
+            "the unreachable camera to be reconnecting",
+        )
+        health = service.health.get("cam-secret")
+    finally:
+        service.stop()
+    from sqlmodel import select
+
+    from vault.db import unit_of_work
+    from vault.models import Camera
+
+    with unit_of_work(ctx.engine) as session:
+        camera = session.exec(select(Camera)).one()
+    outage = gaps(ctx, "cam-secret")
+    assert outage, "the outage is recorded"
+    assert "refused" in (health or ("", ""))[1]
+    for text in (caplog.text, camera.source_ref, str(health), *[g.reason for g in outage]):
+        assert password not in text
+        assert "operator:" not in text
+    assert camera.source_ref == "rtsp://127.0.0.1:9/stream?channel=1"
+    assert "***@127.0.0.1:9" in caplog.text, "the credentialed URL was used, and redacted"
