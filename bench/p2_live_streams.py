@@ -1,14 +1,22 @@
-"""P2 — live ingest CPU per camera, against one core (DESIGN §11: <= 1% per 4 Mbit/s stream).
+"""P2 — live RTSP ingest CPU per camera, against one core (DESIGN §11: <= 1% per 4 Mbit/s stream).
 
 For each N (default 1, 4, 8) a child process (``python -m bench._live``) runs the real
-IngestService with N synthetic cameras for a fixed wall time. Each camera replays a cached
-1280x720 15 fps H.264 clip at ~4 Mbit/s (GOP 2 s, no B-frames), paced at real time; the clip is
-encoded once before any timing (``simulate.render_clip`` yields far less than 4 Mbit/s at this
-size; the run reports how much). The child measures its own CPU (``getrusage``, all threads)
-from a 5 s warm-up after service start (sources open, first segments open: one-time costs) to
-service stop (segments closed, spool drained, so every recorded second is also committed),
-and the parent verifies the work: every camera recorded the whole window, no gap, empty spool,
-``run_check`` ok.
+IngestService with N live cameras for a fixed wall time. The cameras' footage is a cached
+1280x720 15 fps H.264 clip at ~4 Mbit/s (GOP 2 s, no B-frames), encoded once before any timing.
+
+``--source rtsp`` (default): the parent starts one gst-rtsp-server (the tests' RTSP peer,
+``tests/support/rtsp.py``, a separate process whose CPU is not counted) serving the clip on
+``/cam1`` .. ``/camN`` in a loop (continuous timestamps, paced at real time), and the child's
+cameras are ``kind="rtsp"`` sources at those URLs: the recorder opens them through
+``ingest.sources.open_source`` (RTSP over TCP), so RTSP/RTP reception is measured too.
+``--source synthetic``: each camera replays the clip through ``SyntheticSource`` (Matroska
+demux paced at real time, no network), as before.
+
+The child measures its own CPU (``getrusage``, all threads) from a 5 s warm-up after service
+start (and not before every camera records: sources open, first segments open, and for RTSP
+the first GOP, whose untimestamped first keyframe is dropped) to service stop (segments closed,
+spool drained, so every recorded second is also committed), and the parent verifies the work:
+every camera recorded the whole window, no gap inside it, empty spool, ``run_check`` ok.
 
 Per camera, % of one core = CPU seconds / seconds of footage recorded in the window,
 normalized to a 4 Mbit/s stream by the measured bitrate (committed bytes / recorded seconds).
@@ -20,14 +28,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench._common import (
     OUT,
     PYTHON,
+    Measured,
     last_json_line,
     machine,
     median,
@@ -37,6 +47,9 @@ from bench._common import (
     write_result,
 )
 from bench._media import describe, encode_clip
+
+if TYPE_CHECKING:
+    from tests.support.rtsp import RtspServer
 
 NAME = "p2_live_streams"
 TARGET_PCT = 1.0  # % of one core per 4 Mbit/s stream
@@ -69,16 +82,25 @@ def render_clip_bitrate() -> float:
     return float(describe(path)["mbit_s"])
 
 
-def run_one(cameras: int, seconds: float, clip: Path, work: Path, warmup: float) -> dict[str, Any]:
+def run_one(
+    cameras: int, seconds: float, clip: Path, work: Path, warmup: float, source: str
+) -> dict[str, Any]:
     d = work / f"n{cameras}"
     shutil.rmtree(d, ignore_errors=True)
-    m = run_measured(
-        [PYTHON, "-m", "bench._live", str(cameras), str(seconds), str(d), str(clip), str(warmup)],
-        d,
-    )
+    server_cpu: float | None = None
+    if source == "rtsp":
+        from bench import _rtsp
+
+        with _rtsp.serving(clip, cameras) as server:
+            m = _run_child(cameras, seconds, d, server.base_url, warmup, server)
+            server_cpu = _rtsp.server_cpu_s(server)
+    else:
+        m = _run_child(cameras, seconds, d, str(clip), warmup, None)
     if m.returncode != 0:
         raise SystemExit(f"live run N={cameras} failed: rc={m.returncode}\n{m.stderr[-4000:]}")
     r = last_json_line(m.stdout)
+    if r["source"] != source:
+        raise SystemExit(f"N={cameras}: the child ran {r['source']} cameras, not {source}")
     cams = r["per_camera"]
     media = [c["media_s"] for c in cams]  # whole run, warm-up included
     window = [c["window_media_s"] for c in cams]  # inside the measured window
@@ -90,10 +112,10 @@ def run_one(cameras: int, seconds: float, clip: Path, work: Path, warmup: float)
     if r["spool_left"]:
         problems.append(f"spool not drained: {r['spool_left'][:4]}")
     if r["gaps"]:
-        problems.append(f"gaps: {r['gaps'][:3]}")
+        problems.append(f"gaps inside the window: {r['gaps'][:3]}")
     if not r["check_ok"] or r["check_decrypted"] != sum(c["segments"] for c in cams):
         problems.append(f"run_check failed: {r['violations']}")
-    if r["clip_used_for"] < cameras:
+    if source == "synthetic" and r["clip_used_for"] < cameras:
         problems.append("the bench clip was not used (render_clip was not replaced)")
     if problems:
         raise SystemExit(f"N={cameras}: the run did not do the work: " + "; ".join(problems))
@@ -107,6 +129,7 @@ def run_one(cameras: int, seconds: float, clip: Path, work: Path, warmup: float)
         **{
             k: r[k]
             for k in (
+                "window_opened_after_s",
                 "cpu_startup_s",
                 "cameras",
                 "seconds",
@@ -124,6 +147,9 @@ def run_one(cameras: int, seconds: float, clip: Path, work: Path, warmup: float)
         "recorded_s": round(recorded, 3),
         "min_recorded_s": round(min(window), 3),
         "max_lag_s": max(c["lag_s"] for c in cams),
+        "first_segment_after_s": max(c["first_segment_after_s"] for c in cams),
+        "gaps_before_window": r["gaps_before_window"],
+        **({"server_cpu_s": round(server_cpu, 2)} if server_cpu is not None else {}),
         "mbit_s": round(mbit, 3),
         "pct_core_per_camera": round(pct, 4),
         "pct_core_per_camera_4mbit": round(norm, 4),
@@ -132,8 +158,29 @@ def run_one(cameras: int, seconds: float, clip: Path, work: Path, warmup: float)
     }
 
 
+def _run_child(
+    cameras: int,
+    seconds: float,
+    d: Path,
+    source: str,
+    warmup: float,
+    server: RtspServer | None,
+) -> Measured:
+    cmd = [PYTHON, "-m", "bench._live", str(cameras), str(seconds), str(d), source, str(warmup)]
+    m = run_measured(cmd, d)
+    if server is not None and not server.running:
+        raise SystemExit(f"the RTSP server died during the run:\n{server.log()[-2000:]}")
+    return m
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.p2_live_streams", description=__doc__)
+    parser.add_argument(
+        "--source",
+        choices=("rtsp", "synthetic"),
+        default="rtsp",
+        help="rtsp: cameras read a local gst-rtsp-server (default); synthetic: paced file replay",
+    )
     parser.add_argument("--quick", action="store_true", help="20 s per N")
     parser.add_argument("--seconds", type=float, help="wall time per N (default 60, quick 20)")
     parser.add_argument("--cameras", default="1,4,8", help="comma-separated N values")
@@ -144,27 +191,46 @@ def main(argv: list[str] | None = None) -> int:
     ns = [int(x) for x in args.cameras.split(",")]
     rounds = args.rounds or (1 if args.quick else 2)
     started = time.monotonic()
+    source = args.source
+    if source == "rtsp":
+        from bench import _rtsp
 
-    print("P2 live streams — preparing the clip (cached)", flush=True)
+        _rtsp.require_peer()
+    # A SIGTERM unwinds like Ctrl-C, so the RTSP server of the current run is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    print(f"P2 live streams ({source} cameras) — preparing the clip (cached)", flush=True)
     clip = encode_clip(OUT / "p2-clip-720p15-4mbit-60s.mkv", **CLIP)  # type: ignore[arg-type]
     info = describe(clip)
-    own = render_clip_bitrate()
-    print(
-        f"  simulate.render_clip at 1280x720@15 yields {own:.2f} Mbit/s: using {clip.name} "
-        f"instead ({info['mbit_s']:.2f} Mbit/s, {info['duration_s']:.0f} s loop)",
-        flush=True,
-    )
+    own: float | None = None
+    if source == "synthetic":
+        own = render_clip_bitrate()
+        print(
+            f"  simulate.render_clip at 1280x720@15 yields {own:.2f} Mbit/s: using {clip.name} "
+            f"instead ({info['mbit_s']:.2f} Mbit/s, {info['duration_s']:.0f} s loop)",
+            flush=True,
+        )
+    else:
+        print(
+            f"  each camera: rtsp://127.0.0.1:PORT/camK (TCP) from one gst-rtsp-server looping "
+            f"{clip.name} ({info['mbit_s']:.2f} Mbit/s, {info['duration_s']:.0f} s file); "
+            f"the server's CPU is not counted",
+            flush=True,
+        )
     work = OUT / "work-p2"
     shutil.rmtree(work, ignore_errors=True)
 
     by_n: dict[int, list[dict[str, Any]]] = {n: [] for n in ns}
     for _round in range(rounds):
         for n in ns:
-            r = run_one(n, seconds, clip, work, 3.0 if args.quick else WARMUP)
+            r = run_one(n, seconds, clip, work, 3.0 if args.quick else WARMUP, source)
             by_n[n].append(r)
+            server = (
+                f" (server, not counted: {r['server_cpu_s']:.2f} s)" if "server_cpu_s" in r else ""
+            )
             print(
                 f"  N={n}: cpu {r['cpu_s']:.2f} s over {r['wall_s']:.1f} s wall, "
-                f"{r['pct_core_per_camera_4mbit']:.2f}% of a core per 4 Mbit/s camera",
+                f"{r['pct_core_per_camera_4mbit']:.2f}% of a core per 4 Mbit/s camera{server}",
                 flush=True,
             )
     # Per N, the median of every figure over the rounds; every run is kept in the JSON.
@@ -180,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         row["cameras_per_core"] = round(100 / row["pct_core_per_camera_4mbit"], 1)
         row["max_lag_s"] = max(r["max_lag_s"] for r in by_n[n])  # worst, not median
         row["backlog_before_stop"] = max(r["backlog_before_stop"] for r in by_n[n])
+        row["first_segment_after_s"] = max(r["first_segment_after_s"] for r in by_n[n])
         row["rounds"] = by_n[n]
         runs.append(row)
     shutil.rmtree(work, ignore_errors=True)
@@ -234,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "name": NAME,
+        "source": source,
         "quick": args.quick,
         "seconds_per_run": seconds,
         "rounds": rounds,
@@ -250,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.monotonic() - started, 1),
         "machine": machine(),
     }
-    path = write_result(NAME, result)
+    path = write_result(NAME if source == "rtsp" else f"{NAME}-synthetic", result)
     print(f"\nwrote {path.relative_to(OUT.parent.parent)} in {result['elapsed_s']:.0f} s")
     return 1 if args.strict and headline > TARGET_PCT else 0
 
