@@ -30,6 +30,7 @@ check: $(STAMP)
 bench: $(STAMP) peers
 	$(BIN)/python -m bench.p1_ingest_cpu
 	$(BIN)/python -m bench.p2_live_streams
+	$(BIN)/python -m bench.p2_receive_floor
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
