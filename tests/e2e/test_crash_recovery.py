@@ -50,6 +50,7 @@ def test_kill_minus_nine_at_random_instants(tmp_path: Path) -> None:
     committed_before: set[str] = set()
     kill_times: list[datetime] = []
     for i in range(KILLS):
+        life_started = datetime.now(UTC)
         proc = subprocess.Popen(
             [*_cli(), "ingest", "--config", str(config)],
             env=env,
@@ -57,9 +58,13 @@ def test_kill_minus_nine_at_random_instants(tmp_path: Path) -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
-            baseline = len(segments(ctx))
-            # Recording has (re)started once a new segment is committed in this life.
-            wait_until(lambda b=baseline: len(segments(ctx)) > b, 60, f"a commit in life {i}")
+            # Recording has (re)started once a segment recorded in this life is committed
+            # (recovery commits the previous life's spool first: those do not count).
+            wait_until(
+                lambda t=life_started: any(s.start >= t for s in segments(ctx)),
+                60,
+                f"a segment recorded in life {i}",
+            )
             # Fault injection: a random instant within the next two segments.
             time.sleep(rng.uniform(0.0, 4.0))
             proc.send_signal(signal.SIGKILL)
