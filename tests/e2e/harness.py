@@ -11,29 +11,21 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from tests.support.configs import SITE_AND_POLICY
 from vault.db import unit_of_work
 from vault.lifecycle import VaultContext, read_segment
 from vault.models import Gap, Segment
 
-BASE = """
+RECORDING = """
 [recording]
 segment_seconds = {segment_seconds}
 max_gop_seconds = 10
 reconnect_min_s = 0.5
 reconnect_max_s = 2
 offline_after_s = 5
-
-[[sites]]
-id = "tokyo-1"
-name = "Tokyo DC1"
-timezone = "Asia/Tokyo"
-
-[[retention_policies]]
-id = "pci"
-days = 90
-min_days = 90
-max_days = 365
 """
+
+BASE = RECORDING + SITE_AND_POLICY
 
 
 def config_text(cameras: list[tuple[str, str]], segment_seconds: float = 2) -> str:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from tests.support.configs import SITE_AND_POLICY
 from vault import ledger
 from vault.catalog import gaps_in_range, segments_in_range, sync_config
 from vault.check import run_check
@@ -27,18 +28,7 @@ from vault.timerange import FixedClock, TimeRange
 
 T0 = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
 
-CONFIG = """
-[[sites]]
-id = "tokyo-1"
-name = "Tokyo DC1"
-timezone = "Asia/Tokyo"
-
-[[retention_policies]]
-id = "pci"
-days = 90
-min_days = 90
-max_days = 365
-
+CONFIG = SITE_AND_POLICY + """
 [[cameras]]
 id = "cam-a"
 site = "tokyo-1"

@@ -6,22 +6,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from tests.support.configs import SITE_AND_POLICY
 from vault.config import parse_config
 from vault.errors import ConfigError, InvalidInput
 from vault.timerange import TimeRange, as_utc, parse_instant
 
-BASE = """
-[[sites]]
-id = "tokyo-1"
-name = "Tokyo DC1"
-timezone = "Asia/Tokyo"
-
-[[retention_policies]]
-id = "pci"
-days = 90
-min_days = 90
-max_days = 365
-"""
+BASE = SITE_AND_POLICY
 
 CAMERA = """
 [[cameras]]
