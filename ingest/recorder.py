@@ -48,7 +48,7 @@ from ingest.thumbnail import thumbnail_jpeg
 from vault.catalog import record_status
 from vault.config import CameraConfig, RecordingConfig
 from vault.db import unit_of_work
-from vault.errors import VaultError
+from vault.errors import Unavailable, VaultError
 from vault.lifecycle import VaultContext, commit_gap, commit_segment
 from vault.models import HealthState
 from vault.pending import PendingSegment, atomic_write
@@ -224,9 +224,23 @@ class Committer(threading.Thread):
         for gap in self.spool.gaps():
             commit_gap(self.ctx, gap, self.spool.root)
         for pending in self.spool.closed():
-            commit_segment(self.ctx, pending, self.spool.root)
+            try:
+                commit_segment(self.ctx, pending, self.spool.root)
+            except Unavailable:
+                raise  # a peer is down: everything waits, in order, and is retried
+            except (VaultError, OSError) as exc:
+                # This one segment cannot be committed (missing file, unknown camera, ...):
+                # set it aside for a person instead of blocking every segment behind it.
+                self.spool.quarantine(pending, f"{type(exc).__name__}: {exc}")
+                self.health.set(
+                    pending.camera_id, HealthState.DEGRADED, "a segment was quarantined"
+                )
+                continue
             count += 1
             self.committed += 1
+        # Quarantines above wrote gaps of their own: record them in this pass too.
+        for gap in self.spool.gaps():
+            commit_gap(self.ctx, gap, self.spool.root)
         self.health.flush(self.ctx)
         return count
 

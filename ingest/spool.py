@@ -22,7 +22,7 @@ from pathlib import Path
 from ingest.fmp4 import summarize, truncate_to_complete_fragments
 from ingest.segmenter import GapInfo
 from vault.errors import ConfigError, IntegrityError
-from vault.pending import PendingGap, PendingSegment
+from vault.pending import PendingGap, PendingSegment, fsync_dir
 
 __all__ = ["Recovered", "Spool"]
 
@@ -148,6 +148,39 @@ class Spool:
                 size,
             )
         return dropped
+
+    def quarantine(self, pending: PendingSegment, reason: str) -> Path:
+        """Move a segment that cannot be committed out of the queue, keeping its files.
+
+        A gap with a ``footage.quarantined`` audit event says where the footage went, so
+        nothing disappears silently; a person decides what to do with it.
+        """
+        target = self.root / "quarantine"
+        target.mkdir(exist_ok=True, mode=0o700)
+        for path in (
+            pending.media_path(self.root),
+            pending.thumb_path(self.root),
+            pending.manifest_path(self.root),
+        ):
+            if path.exists():
+                os.replace(path, target / path.name)
+        fsync_dir(target)
+        fsync_dir(self.root)
+        start = pending.start
+        end = pending.end or pending.start
+        self.add_gap(
+            pending.camera_id,
+            GapInfo(start, end, f"segment quarantined in the spool: {reason}"[:500]),
+            audit_action="footage.quarantined",
+            audit_details={"segment_id": pending.segment_id, "reason": reason[:500]},
+        )
+        log.error(
+            "spool segment quarantined camera=%s segment=%s reason=%s",
+            pending.camera_id,
+            pending.segment_id,
+            reason,
+        )
+        return target
 
     def over_warning(self) -> bool:
         return self.used_bytes() >= WARN_FRACTION * self.max_bytes

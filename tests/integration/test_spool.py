@@ -122,3 +122,31 @@ def test_second_process_cannot_take_the_spool(tmp_path: Path) -> None:
             Spool(tmp_path / "spool", max_bytes=10**6).acquire()
     finally:
         first.release()
+
+
+def test_a_segment_that_cannot_commit_is_quarantined_not_blocking(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=10**9)
+    broken = _closed(spool.root, T0, 100)
+    broken.media_path(spool.root).unlink()  # its footage file is gone
+    healthy = _closed(spool.root, T0 + timedelta(minutes=1), 100)
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'catalog.db'}")
+    migrate(engine)
+    with unit_of_work(engine) as session:
+        sync_config(session, parse_config(CONFIG), {})
+    ctx = VaultContext(
+        engine=engine, store=FilesystemStore(tmp_path / "store"),
+        keys=LocalKeyProvider(tmp_path / "kek"), clock=FixedClock(T0),
+    )
+    health = HealthBoard(ctx.clock)
+    assert Committer(ctx, spool, health).drain() == 1  # the healthy one is not held back
+
+    with unit_of_work(engine) as session:
+        assert [s.id for s in session.exec(select(Segment))] == [healthy.segment_id]
+        [gap] = list(session.exec(select(Gap)))
+        [event] = list(session.exec(select(AuditEvent)))
+    assert "quarantined" in gap.reason and "FileNotFoundError" in gap.reason
+    assert event.action == "footage.quarantined"
+    assert (spool.root / "quarantine" / f"{broken.segment_id}.json").exists()
+    assert spool.closed() == []
+    assert health.get("cam-a") == ("degraded", "a segment was quarantined")
