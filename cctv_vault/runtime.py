@@ -8,12 +8,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
 from ingest.recorder import CameraRecorder, Committer, HealthBoard, source_ref
+from ingest.segmenter import GapInfo
 from ingest.spool import Spool
-from vault.catalog import sync_config
+from vault.catalog import last_segment_end, sync_config
 from vault.config import VaultConfig
 from vault.crypto import LocalKeyProvider
 from vault.db import make_engine, migrate, unit_of_work
@@ -62,6 +64,7 @@ class IngestService:
                 session, self.config, {c.id: source_ref(c) for c in self.config.cameras}
             )
         recovered = {r.camera_id: r.gap for r in self.spool.recover()}
+        initial_gaps = self._initial_gaps(recovered)
         self.committer.start()
         cache = self.settings.data_dir / "cache"
         cache.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,7 @@ class IngestService:
                 self.health,
                 self.ctx.clock,
                 cache_dir=cache,
-                initial_gap=recovered.get(camera.id),
+                initial_gap=initial_gaps.get(camera.id),
             )
             self.recorders.append(recorder)
             recorder.start()
@@ -87,6 +90,36 @@ class IngestService:
             self.spool.root,
             self.ctx.store.name,
         )
+
+    def _initial_gaps(self, recovered: dict[str, GapInfo]) -> dict[str, GapInfo]:
+        """Where each camera's footage stopped before this process: its first run's gap.
+
+        The newest end among the catalog, the spool and crash recovery; the reason says
+        whether the last process was stopped in order or died.
+        """
+        reason = (
+            "recorder interrupted (crash); in-flight fragment lost"
+            if self.spool.crashed
+            else "recorder not running"
+        )
+        ends: dict[str, datetime] = {}
+        with unit_of_work(self.ctx.engine) as session:
+            for camera in self.config.cameras:
+                end = last_segment_end(session, camera.id)
+                if end is not None:
+                    ends[camera.id] = end
+        for pending in self.spool.closed():
+            known = ends.get(pending.camera_id)
+            if pending.end is not None and (known is None or pending.end > known):
+                ends[pending.camera_id] = pending.end
+        gaps: dict[str, GapInfo] = {}
+        for camera_id, end in ends.items():
+            gaps[camera_id] = GapInfo(end, end, reason)
+        for camera_id, gap in recovered.items():
+            known = gaps.get(camera_id)
+            if known is None or gap.start >= known.start:
+                gaps[camera_id] = GapInfo(gap.start, gap.start, gap.reason)
+        return gaps
 
     def stop(self) -> None:
         for recorder in self.recorders:
@@ -99,6 +132,8 @@ class IngestService:
             self.committer.drain()
         except Exception as exc:  # footage stays in the spool for the next start
             log.warning("final commit deferred: %s", exc)
+        if not any(r.is_alive() for r in self.recorders):
+            self.spool.mark_clean()
         self.spool.release()
         self.stopped.set()
 

@@ -29,6 +29,7 @@ __all__ = ["Recovered", "Spool"]
 log = logging.getLogger(__name__)
 
 WARN_FRACTION = 0.8
+CLEAN_MARK = ".clean-stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +44,10 @@ class Spool:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self._used_before = (root / ".lock").exists()
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd: int | None = None
+        self.crashed = False
 
     # -- ownership ----------------------------------------------------------------------------
 
@@ -56,6 +59,16 @@ class Spool:
             os.close(fd)
             raise ConfigError(f"spool {self.root} is in use by another ingest process") from exc
         self._lock_fd = fd
+        clean = self.root / CLEAN_MARK
+        # Present only after an orderly stop: without it, the last process died (crash, kill).
+        self.crashed = self._used_before and not clean.exists()
+        clean.unlink(missing_ok=True)
+        fsync_dir(self.root)
+
+    def mark_clean(self) -> None:
+        """Record an orderly stop; call only after every recorder has stopped."""
+        (self.root / CLEAN_MARK).touch()
+        fsync_dir(self.root)
 
     def release(self) -> None:
         if self._lock_fd is not None:

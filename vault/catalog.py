@@ -15,6 +15,7 @@ from vault.timerange import TimeRange, as_utc
 __all__ = [
     "camera_or_404",
     "gaps_in_range",
+    "last_segment_end",
     "record_status",
     "segments_in_range",
     "sync_config",
@@ -89,6 +90,18 @@ def segments_in_range(
         .order_by(col(Segment.start))
     )
     return list(session.exec(stmt))
+
+
+def last_segment_end(session: Session, camera_id: str) -> datetime | None:
+    """End of the camera's newest segment (any state), or None if it never recorded."""
+    stmt = (
+        select(Segment)
+        .where(Segment.camera_id == camera_id)
+        .order_by(col(Segment.start).desc())
+        .limit(1)
+    )
+    newest = session.exec(stmt).first()
+    return newest.end if newest else None
 
 
 def gaps_in_range(session: Session, camera_id: str, window: TimeRange) -> list[Gap]:
