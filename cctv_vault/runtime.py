@@ -116,8 +116,8 @@ class IngestService:
         for camera_id, end in ends.items():
             gaps[camera_id] = GapInfo(end, end, reason)
         for camera_id, gap in recovered.items():
-            known = gaps.get(camera_id)
-            if known is None or gap.start >= known.start:
+            computed = gaps.get(camera_id)
+            if computed is None or gap.start >= computed.start:
                 gaps[camera_id] = GapInfo(gap.start, gap.start, gap.reason)
         return gaps
 
