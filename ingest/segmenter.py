@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
 
+from vault.models import MAX_SEGMENT_SECONDS
+
 __all__ = [
     "Action",
     "CloseSegment",
@@ -152,6 +154,7 @@ class Segmenter:
         self._target = self._ticks(self.config.target_seconds)
         self._max_gop = self._ticks(self.config.max_gop_seconds)
         self._jump = self._ticks(self.config.jump_seconds)
+        self._max_span = self._ticks(MAX_SEGMENT_SECONDS)
         self._s = _State(pending_gap=pending_gap)
 
     # -- public -------------------------------------------------------------------------------
@@ -203,9 +206,20 @@ class Segmenter:
                     actions.append(self._close(ts, run))
                 s.segment = _Segment(first_dts=ts)
                 actions.append(OpenSegment(self._wall(run, ts)))
-        elif ts - run.last_key_dts > self._max_gop and not run.gop_warned:
-            run.gop_warned = True
-            actions.append(self._long_gop(ts - run.last_key_dts))
+        else:
+            seg = s.segment
+            if seg is not None and ts - seg.first_dts >= self._max_span:
+                # No keyframe to cut at for so long that the segment would outgrow what range
+                # queries assume: end the run (a gap) and wait for the next keyframe.
+                actions += self._end_run(
+                    f"no keyframe for {float((ts - run.last_key_dts) * self.time_base):.0f} s; "
+                    "segment span cap reached"
+                )
+                actions.append(self._drop("waiting for keyframe"))
+                return actions
+            if ts - run.last_key_dts > self._max_gop and not run.gop_warned:
+                run.gop_warned = True
+                actions.append(self._long_gop(ts - run.last_key_dts))
         seg = s.segment
         assert seg is not None
         pts = ts if s.restamp or pkt.pts is None else max(pkt.pts, ts)

@@ -221,7 +221,12 @@ class Spool:
                         manifest.segment_id,
                         exc.message,
                     )
-            if summary is None or summary.frames == 0 or not summary.first_is_keyframe:
+            if size > 0 and (summary is None or not summary.first_is_keyframe):
+                # Whole fragments that do not read as footage: keep them for a person.
+                self.quarantine(manifest, "unreadable after crash recovery")
+                end = manifest.start
+            elif summary is None or summary.frames == 0:
+                # Not even one complete fragment was written: there is nothing to keep.
                 for path in (
                     media,
                     manifest.thumb_path(self.root),

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
 from vault.config import VaultConfig
 from vault.errors import NotFound
-from vault.models import Camera, CameraStatus, Gap, RetentionPolicy, Segment, Site
+from vault.models import (
+    MAX_SEGMENT_SECONDS,
+    Camera,
+    CameraStatus,
+    Gap,
+    RetentionPolicy,
+    Segment,
+    Site,
+)
 from vault.timerange import TimeRange, as_utc
 
 __all__ = [
@@ -75,15 +83,13 @@ def segments_in_range(
 ) -> list[Segment]:
     """Segments of a camera overlapping ``window`` (half-open), ordered by start.
 
-    Uses the ``(camera_id, start)`` index: a segment is at most 300 s long, so only rows
-    starting after ``window.start - 300 s`` can overlap.
+    Uses the ``(camera_id, start)`` index: a segment spans at most ``MAX_SEGMENT_SECONDS``,
+    so only rows starting after ``window.start`` minus that can overlap.
     """
-    from datetime import timedelta
-
     stmt = (
         select(Segment)
         .where(Segment.camera_id == camera_id)
-        .where(col(Segment.start) >= window.start - timedelta(seconds=301))
+        .where(col(Segment.start) >= window.start - timedelta(seconds=MAX_SEGMENT_SECONDS))
         .where(col(Segment.start) < window.end)
         .where(col(Segment.end) > window.start)
         .where(col(Segment.state).in_(list(states)))

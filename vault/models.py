@@ -15,6 +15,7 @@ from sqlmodel import Field, SQLModel
 from vault.timerange import as_utc
 
 __all__ = [
+    "MAX_SEGMENT_SECONDS",
     "AuditEvent",
     "Camera",
     "CameraStatus",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 COLLECTION_PURPOSE = "security"
+# The longest wall-time span a segment may have: the 300 s target cap plus room for long GOPs.
+# The recorder ends a run rather than exceed it, and range queries rely on it for the index.
+MAX_SEGMENT_SECONDS = 600
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -24,11 +24,8 @@ from tests.e2e.harness import (
 )
 from vault.check import run_check
 from vault.config import parse_config
-from vault.crypto import LocalKeyProvider
-from vault.db import make_engine, migrate
 from vault.lifecycle import VaultContext
 from vault.settings import Settings
-from vault.store.fs import FilesystemStore
 
 pytestmark = pytest.mark.slow
 
@@ -72,15 +69,6 @@ def _mpeg4(dst: Path) -> Path:
         out.mux(stream.encode(None))
     return dst
 
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> VaultContext:
-    engine = make_engine(f"sqlite:///{tmp_path / 'catalog.db'}")
-    migrate(engine)
-    return VaultContext(
-        engine=engine, store=FilesystemStore(tmp_path / "store"),
-        keys=LocalKeyProvider(tmp_path / "kek"),
-    )
 
 
 def test_broken_sources_do_not_disturb_a_healthy_camera(ctx: VaultContext, tmp_path: Path) -> None:

@@ -9,22 +9,15 @@ import pytest
 from cctv_vault.runtime import IngestService
 from tests.e2e.harness import config_text, gaps, segments, synthetic, wait_until
 from vault.config import parse_config
-from vault.crypto import LocalKeyProvider
-from vault.db import make_engine, migrate
 from vault.lifecycle import VaultContext
 from vault.settings import Settings
-from vault.store.fs import FilesystemStore
 
 pytestmark = pytest.mark.slow
 
 
-def test_orderly_restart_records_the_downtime_as_a_gap(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'catalog.db'}")
-    migrate(engine)
-    ctx = VaultContext(
-        engine=engine, store=FilesystemStore(tmp_path / "store"),
-        keys=LocalKeyProvider(tmp_path / "kek"),
-    )
+def test_orderly_restart_records_the_downtime_as_a_gap(
+    ctx: VaultContext, tmp_path: Path
+) -> None:
     config = parse_config(config_text([("cam-r", synthetic())], segment_seconds=2))
     settings = Settings(data_dir=tmp_path / "data")
 

@@ -24,11 +24,8 @@ from tests.e2e.harness import (
 )
 from vault.check import run_check
 from vault.config import parse_config
-from vault.crypto import LocalKeyProvider
-from vault.db import make_engine, migrate
 from vault.lifecycle import VaultContext, read_thumbnail
 from vault.settings import Settings
-from vault.store.fs import FilesystemStore
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
 
@@ -46,16 +43,6 @@ def _slices(path: Path) -> list[bytes]:
                 out += [n for n in h264_nal_units(bytes(pkt)) if n[0] & 0x1F not in PARAMETER_SETS]
     return out
 
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> VaultContext:
-    engine = make_engine(f"sqlite:///{tmp_path / 'catalog.db'}")
-    migrate(engine)
-    return VaultContext(
-        engine=engine,
-        store=FilesystemStore(tmp_path / "store"),
-        keys=LocalKeyProvider(tmp_path / "kek"),
-    )
 
 
 def _service(ctx: VaultContext, url: str, data: Path) -> IngestService:

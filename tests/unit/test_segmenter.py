@@ -190,3 +190,17 @@ def test_finish_leaves_no_pending_gap() -> None:
 def test_target_bounds(target: float) -> None:
     with pytest.raises(ValueError, match="target_seconds"):
         SegmenterConfig(target_seconds=target)
+
+
+def test_a_stream_without_keyframes_ends_the_run_at_the_span_cap() -> None:
+    from vault.models import MAX_SEGMENT_SECONDS
+
+    seg = Segmenter(TB, SegmenterConfig(target_seconds=60, max_gop_seconds=2))
+    # One keyframe, then none for longer than any segment may span.
+    acts = run(seg, packets(MAX_SEGMENT_SECONDS + 30, gop_s=100_000))
+    closes = of(acts, CloseSegment)
+    assert len(closes) == 1
+    assert closes[0].media_duration <= MAX_SEGMENT_SECONDS
+    assert not seg.recording
+    assert seg.pending_gap is not None and "span cap" in seg.pending_gap.reason
+    assert of(acts, DropPacket)[-1].reason == "waiting for keyframe"
