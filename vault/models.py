@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Index, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -16,7 +16,11 @@ from vault.timerange import as_utc
 
 __all__ = [
     "MAX_SEGMENT_SECONDS",
+    "AccessRequest",
+    "AuditCheckpoint",
     "AuditEvent",
+    "Grant",
+    "Principal",
     "Camera",
     "CameraStatus",
     "Gap",
@@ -187,7 +191,7 @@ class CameraStatus(SQLModel, table=True):
 class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_event"
 
-    seq: int = Field(primary_key=True)
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     at: datetime = _utc_col()
     actor: str = Field(max_length=200)
     role: str = Field(max_length=64)
@@ -200,3 +204,77 @@ class AuditEvent(SQLModel, table=True):
     details: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     prev_hash: str = Field(max_length=64, sa_type=String(64))
     hash: str = Field(max_length=64, sa_type=String(64))
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """A signed statement ``{seq, hash, at}`` about the chain head, also kept in the object store."""
+
+    __tablename__ = "audit_checkpoint"
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: str = Field(max_length=64, sa_type=String(64))
+    at: datetime = _utc_col()
+    key_id: str = Field(max_length=64)
+    signature: str = Field(max_length=200)
+    object_key: str = Field(max_length=500)
+
+
+class Principal(SQLModel, table=True):
+    """A person (or system account) who can authenticate.
+
+    Local principals have a password hash; external (OIDC) ones are identified by issuer and
+    subject and exist here only to be disabled or to pin their sites. Roles and sites are JSON
+    lists of strings.
+    """
+
+    id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(max_length=200, unique=True)
+    roles: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    sites: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    password_hash: str | None = Field(default=None, max_length=500)
+    external_subject: str | None = Field(default=None, max_length=500, unique=True)
+    disabled: bool = False
+    failed_logins: int = 0
+    locked_until: datetime | None = _utc_col(nullable=True)
+    created_at: datetime = _utc_col()
+    updated_at: datetime = _utc_col()
+
+
+class AccessRequest(SQLModel, table=True):
+    """A person's stated wish to see footage: cameras x range, for a purpose, with a reason."""
+
+    __tablename__ = "access_request"
+
+    id: str = Field(primary_key=True, max_length=36)
+    requester: str = Field(max_length=200, index=True)
+    requester_role: str = Field(max_length=64)
+    cameras: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of camera ids
+    sites: str = Field(sa_column=Column(Text, nullable=False))  # JSON list: the cameras' sites
+    start: datetime = _utc_col()
+    end: datetime = _utc_col()
+    purpose: str = Field(max_length=64)
+    reason: str = Field(max_length=2000)
+    ticket: str = Field(max_length=200, default="")
+    state: str = Field(max_length=16, index=True)  # pending | granted | rejected
+    decided_by: str | None = Field(default=None, max_length=200)
+    decided_at: datetime | None = _utc_col(nullable=True)
+    decision_reason: str = Field(max_length=2000, default="")
+    created_at: datetime = _utc_col()
+
+
+class Grant(SQLModel, table=True):
+    """Time-limited permission for one principal to view cameras x range for one purpose."""
+
+    id: str = Field(primary_key=True, max_length=36)
+    request_id: str = Field(foreign_key="access_request.id", max_length=36, index=True)
+    holder: str = Field(max_length=200, index=True)
+    cameras: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of camera ids
+    start: datetime = _utc_col()
+    end: datetime = _utc_col()
+    purpose: str = Field(max_length=64)
+    granted_by: str = Field(max_length=200)
+    created_at: datetime = _utc_col()
+    expires_at: datetime = _utc_col(index=True)
+    revoked_at: datetime | None = _utc_col(nullable=True)
+    revoked_by: str | None = Field(default=None, max_length=200)
+    revoke_reason: str = Field(max_length=2000, default="")
