@@ -207,7 +207,7 @@ class AuditEvent(SQLModel, table=True):
 
 
 class AuditCheckpoint(SQLModel, table=True):
-    """A signed statement ``{seq, hash, at}`` about the chain head, also kept in the object store."""
+    """A signed statement ``{seq, hash, at}`` about the chain head, also put in the store."""
 
     __tablename__ = "audit_checkpoint"
 

@@ -38,6 +38,19 @@ class Settings(BaseSettings):
     spool_max_bytes: int = Field(
         2 * 1024**3, ge=16 * 1024**2, description="Bound of uncommitted footage in the spool"
     )
+    ledger_key_file: Path | None = Field(
+        None, description="Ed25519 key for ledger checkpoints; default <data_dir>/keys/ledger.pem"
+    )
+    token_key_file: Path | None = Field(
+        None, description="Ed25519 key signing API access tokens; default <data_dir>/keys/token.pem"
+    )
+    ledger_batch_max: int = Field(100, ge=1, le=10_000, description="Events per group commit")
+    ledger_batch_wait_ms: float = Field(
+        10.0, ge=0, le=1000, description="Longest wait to fill a group commit"
+    )
+    ledger_write_timeout_s: float = Field(
+        3.0, gt=0, le=60, description="A request whose audit event is not durable by then fails"
+    )
     demo: bool = Field(False, description="Embedded demo mode: allows demo-only defaults")
 
     @model_validator(mode="after")
@@ -55,6 +68,14 @@ class Settings(BaseSettings):
     @property
     def resolved_key_file(self) -> Path:
         return self.key_file or self.data_dir / "keys" / "kek.bin"
+
+    @property
+    def resolved_ledger_key_file(self) -> Path:
+        return self.ledger_key_file or self.data_dir / "keys" / "ledger.pem"
+
+    @property
+    def resolved_token_key_file(self) -> Path:
+        return self.token_key_file or self.data_dir / "keys" / "token.pem"
 
     @property
     def resolved_spool_dir(self) -> Path:
