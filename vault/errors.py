@@ -8,9 +8,12 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "ErrorKind",
+    "Forbidden",
     "IntegrityError",
     "InvalidInput",
     "NotFound",
+    "RateLimited",
+    "Unauthenticated",
     "Unavailable",
     "VaultError",
 ]
@@ -25,6 +28,7 @@ class ErrorKind(StrEnum):
     CONFIG = "config"
     FORBIDDEN = "forbidden"
     UNAUTHENTICATED = "unauthenticated"
+    RATE_LIMITED = "rate-limited"
 
 
 class VaultError(Exception):
@@ -61,3 +65,29 @@ class Unavailable(VaultError):
 
 class ConfigError(VaultError):
     kind = ErrorKind.CONFIG
+
+
+class Forbidden(VaultError):
+    """A policy refusal. ``rule`` names the rule that refused (stable, countable by auditors)."""
+
+    kind = ErrorKind.FORBIDDEN
+
+    def __init__(self, message: str, rule: str = "forbidden") -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class Unauthenticated(VaultError):
+    """No valid identity: missing, malformed, expired, forged or disabled credentials."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class RateLimited(VaultError):
+    """Too many attempts; ``retry_after`` seconds until the next one may succeed."""
+
+    kind = ErrorKind.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -51,12 +51,50 @@ class Settings(BaseSettings):
     ledger_write_timeout_s: float = Field(
         3.0, gt=0, le=60, description="A request whose audit event is not durable by then fails"
     )
+    api_host: str = Field("127.0.0.1", description="Address the access API listens on")
+    api_port: int = Field(8080, ge=1, le=65535, description="Port of the access API")
+    token_ttl_minutes: int = Field(15, ge=1, le=15, description="Lifetime of API access tokens")
+    grant_ttl_minutes: int = Field(60, ge=1, le=24 * 60, description="Lifetime of a viewing grant")
+    auto_grant_window_hours: float = Field(
+        168, ge=0, le=24 * 90, description="Operators are auto-granted footage this recent"
+    )
+    auto_grant_max_span_minutes: float = Field(
+        120, ge=0, le=24 * 60, description="Longest range an automatic grant covers"
+    )
+    login_max_failures: int = Field(
+        5, ge=1, le=100, description="Consecutive failed logins that lock an account"
+    )
+    login_lockout_minutes: float = Field(15, gt=0, description="How long a lockout lasts")
+    login_client_max_failures: int = Field(
+        20, ge=1, description="Failed logins one client may make per window before 429"
+    )
+    login_window_seconds: int = Field(300, ge=1, description="Window of the login rate limits")
+    oidc_issuer: str | None = Field(None, description="External OIDC issuer (the iss claim)")
+    oidc_audience: str | None = Field(None, description="Audience our API expects (aud claim)")
+    oidc_jwks_url: str | None = Field(None, description="The issuer's JWKS URL")
+    oidc_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+        description="Accepted signature algorithms of external tokens (never none or HS*)",
+    )
+    oidc_name_claim: str = Field("preferred_username", description="Claim naming the person")
+    oidc_roles_claim: str = Field("roles", description="Claim listing cctv-vault roles")
+    oidc_sites_claim: str = Field("sites", description="Claim listing the person's site ids")
     demo: bool = Field(False, description="Embedded demo mode: allows demo-only defaults")
 
     @model_validator(mode="after")
     def _s3_credentials(self) -> Settings:
         if self.store == "s3" and (self.s3_access_key is None or self.s3_secret_key is None):
             raise ValueError("store=s3 needs CCTV_S3_ACCESS_KEY and CCTV_S3_SECRET_KEY")
+        return self
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        oidc = (self.oidc_issuer, self.oidc_audience, self.oidc_jwks_url)
+        if any(oidc) and not all(oidc):
+            raise ValueError("OIDC needs CCTV_OIDC_ISSUER, _AUDIENCE and _JWKS_URL together")
+        unsafe = {a for a in self.oidc_algorithms if a == "none" or a.startswith("HS")}
+        if unsafe:
+            raise ValueError(f"OIDC algorithms must be asymmetric; refusing {sorted(unsafe)}")
         return self
 
     @property
