@@ -58,6 +58,7 @@ def main(argv: list[str]) -> int:
     cpu_boot = _cpu()
     wall_boot = time.monotonic() - _T0
     from cctv_vault.runtime import IngestService, open_vault
+    from ingest.spool import CLEAN_MARK
     from vault.config import (
         CameraConfig,
         RetentionPolicyConfig,
@@ -95,7 +96,12 @@ def main(argv: list[str]) -> int:
     service.stop()  # joins the recorder and the committer, then drains the spool
     wall_ingest = time.monotonic() - wall_start
     cpu_done = _cpu()
-    left = sorted(p.name for p in settings.resolved_spool_dir.iterdir() if p.name != ".lock")
+    # The spool's own lock and the orderly-stop mark are not footage left behind.
+    left = sorted(
+        p.name
+        for p in settings.resolved_spool_dir.iterdir()
+        if p.name not in (".lock", CLEAN_MARK)
+    )
     recorder = service.recorders[0]
 
     if profile_out:

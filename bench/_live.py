@@ -51,6 +51,7 @@ def main(argv: list[str]) -> int:
 
     import ingest.recorder
     from cctv_vault.runtime import IngestService, open_vault
+    from ingest.spool import CLEAN_MARK
     from vault.check import run_check
     from vault.config import (
         CameraConfig,
@@ -124,7 +125,12 @@ def main(argv: list[str]) -> int:
     service.stop()
     u2, s2 = _cpu()
     wall = time.monotonic() - w0
-    left = sorted(p.name for p in settings.resolved_spool_dir.iterdir() if p.name != ".lock")
+    # The spool's own lock and the orderly-stop mark are not footage left behind.
+    left = sorted(
+        p.name
+        for p in settings.resolved_spool_dir.iterdir()
+        if p.name not in (".lock", CLEAN_MARK)
+    )
 
     with unit_of_work(ctx.engine) as session:
         segments = list(session.exec(select(Segment)))
