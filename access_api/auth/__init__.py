@@ -1,0 +1,1 @@
+"""Authentication: local passwords and tokens, external OIDC tokens, login rate limits."""
