@@ -39,6 +39,7 @@ __all__ = [
     "commit_gap",
     "commit_segment",
     "object_key",
+    "open_segment_for_playback",
     "read_segment",
     "read_thumbnail",
 ]
@@ -250,6 +251,32 @@ def read_segment(ctx: VaultContext, segment: Segment) -> bytes:
         ctx, segment.object_key, segment.key_id, segment.wrapped_dek, aad, segment.sha256,
         f"segment {segment.id}",
     )
+
+
+def open_segment_for_playback(ctx: VaultContext, segment: Segment) -> bytes:
+    """Fetch, decrypt and authenticate a segment's native MP4 for playback (the hot path).
+
+    Unlike :func:`read_segment` this does not re-hash the plaintext, and need not: the
+    AES-256-GCM tag is checked over the whole ciphertext before any plaintext is returned, and
+    the associated data it authenticates binds this row's segment id, camera, start and
+    plaintext SHA-256. A changed, truncated or swapped object therefore fails here exactly as
+    in :func:`read_segment` (:class:`IntegrityError`). What a re-hash adds is protection
+    against someone who holds the key-encryption key *and* can write the store — they could
+    seal other plaintext under the same associated data — and against a commit bug that hashed
+    other bytes than it sealed. Neither is a playback concern: ``cctv-vault check``, the
+    scheduler's integrity sweep and evidence exports use :func:`read_segment`, which re-hashes.
+    The saving is what P6 needs: SHA-256 of a 1-minute 1080p segment (~30 MB) costs ~25 ms,
+    half of the 50 ms time-to-first-byte budget (bench/p6_playback_ttfb.py measures both).
+
+    Raises :class:`NotFound` if the segment was purged (or its object is gone),
+    :class:`IntegrityError` if it fails authentication, :class:`Unavailable` if the store
+    cannot be reached.
+    """
+    if segment.wrapped_dek is None:
+        raise NotFound(f"segment {segment.id} has been purged")
+    aad = _segment_aad(segment.id, segment.camera_id, segment.start, segment.sha256)
+    blob = ctx.store.get(segment.object_key)
+    return open_blob(blob, segment.key_id, segment.wrapped_dek, aad, ctx.keys)
 
 
 def read_thumbnail(ctx: VaultContext, segment: Segment) -> bytes:
