@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlmodel import col, select
 
-from cctv_vault.runtime import IngestService, default_demo_config, open_vault
+from cctv_vault.cli_users import users_app
+from cctv_vault.runtime import IngestService, build_api, default_demo_config, open_vault
 from vault.catalog import gaps_in_range, segments_in_range
 from vault.check import run_check
 from vault.config import load_config
@@ -27,6 +31,7 @@ segments_app = typer.Typer(no_args_is_help=True, help="Segment metadata (never f
 cameras_app = typer.Typer(no_args_is_help=True, help="Cameras and their health")
 app.add_typer(segments_app, name="segments")
 app.add_typer(cameras_app, name="cameras")
+app.add_typer(users_app, name="users")
 
 log = logging.getLogger("cctv_vault")
 
@@ -57,7 +62,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _record(config_path: Path, duration: float | None) -> None:
+def _record(config_path: Path, duration: float | None, *, serve_api: bool = False) -> None:
     _setup_logging()
     settings = _settings()
     try:
@@ -68,12 +73,32 @@ def _record(config_path: Path, duration: float | None) -> None:
     except VaultError as exc:
         _fail(exc.message)
     try:
-        service.wait(duration)
+        if serve_api:
+            api, _writer = build_api(settings, ctx)
+            _serve(api, settings.api_host, settings.api_port, duration)
+        else:
+            service.wait(duration)
     finally:
         service.stop()
     typer.echo(
         f"stopped: {service.committer.committed} segment(s) committed this run", err=True
     )
+
+
+def _serve(api: FastAPI, host: str, port: int, duration: float | None) -> None:
+    """Serve ``api`` until SIGINT/SIGTERM (uvicorn's handlers) or ``duration`` seconds."""
+    server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="info"))
+    timer = None
+    if duration is not None:
+        timer = threading.Timer(duration, lambda: setattr(server, "should_exit", True))
+        timer.daemon = True
+        timer.start()
+    log.info("access API on http://%s:%d (OpenAPI at /docs)", host, port)
+    try:
+        server.run()
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 @app.command()
@@ -83,8 +108,35 @@ def up(
         float | None, typer.Option(help="Stop after this many seconds (default: run until ^C)")
     ] = None,
 ) -> None:
-    """Run every role in one process on the embedded default (for now: recording)."""
-    _record(config or default_demo_config(), duration)
+    """Run every role in one process on the embedded default: recording and the access API."""
+    _record(config or default_demo_config(), duration, serve_api=True)
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Listen address (CCTV_API_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (CCTV_API_PORT)")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes")] = 1,
+) -> None:
+    """Serve the access API (stateless: run as many replicas as needed)."""
+    _setup_logging()
+    settings = _settings()
+    host = host or settings.api_host
+    port = port or settings.api_port
+    try:
+        open_vault(settings)  # migrate and check the store once, before workers start
+    except VaultError as exc:
+        _fail(exc.message)
+    log.info("access API on http://%s:%d with %d worker(s)", host, port, workers)
+    uvicorn.run(
+        "cctv_vault.runtime:api_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 @app.command()

@@ -8,10 +8,19 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
+from fastapi import FastAPI
+
+from access_api.app import create_app
+from access_api.audit import Auditor
+from access_api.auth.ratelimit import FailureWindow
+from access_api.auth.tokens import OidcConfig, TokenService
+from access_api.deps import ApiServices
+from access_api.policy import AccessPolicy
+from access_api.principals import LoginLimits
 from ingest.recorder import CameraRecorder, Committer, HealthBoard, source_ref
 from ingest.segmenter import GapInfo
 from ingest.spool import Spool
@@ -19,12 +28,14 @@ from vault.catalog import last_segment_end, sync_config
 from vault.config import VaultConfig
 from vault.crypto import LocalKeyProvider
 from vault.db import make_engine, migrate, unit_of_work
+from vault.ledger import AuditSink, LedgerWriter
 from vault.lifecycle import VaultContext
 from vault.settings import Settings
+from vault.signing import SigningKey
 from vault.store.factory import ensure_lock_enforcement, open_store
 from vault.timerange import Clock, SystemClock
 
-__all__ = ["IngestService", "open_vault"]
+__all__ = ["IngestService", "api_app_from_env", "build_api", "open_vault"]
 
 log = logging.getLogger("cctv_vault")
 
@@ -166,3 +177,65 @@ def running(service: IngestService) -> Iterator[IngestService]:
 
 def default_demo_config() -> Path:
     return Path(__file__).with_name("demo.toml")
+
+
+def build_api(
+    settings: Settings, ctx: VaultContext, sink: AuditSink | None = None
+) -> tuple[FastAPI, LedgerWriter | None]:
+    """The access API over ``ctx``. Its ledger writer (if we made it) is the caller's to close.
+
+    ``sink`` exists for the P3 benchmark's comparison run only; production wiring always writes
+    the durable ledger.
+    """
+    writer: LedgerWriter | None = None
+    if sink is None:
+        writer = LedgerWriter(
+            ctx.engine,
+            batch_max=settings.ledger_batch_max,
+            batch_wait_s=settings.ledger_batch_wait_ms / 1000,
+            write_timeout_s=settings.ledger_write_timeout_s,
+        )
+        sink = writer
+    oidc = None
+    if settings.oidc_issuer and settings.oidc_audience and settings.oidc_jwks_url:
+        oidc = OidcConfig(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks_url=settings.oidc_jwks_url,
+            algorithms=tuple(settings.oidc_algorithms),
+            name_claim=settings.oidc_name_claim,
+            roles_claim=settings.oidc_roles_claim,
+            sites_claim=settings.oidc_sites_claim,
+        )
+    window = timedelta(seconds=settings.login_window_seconds)
+    services = ApiServices(
+        ctx=ctx,
+        auditor=Auditor(sink, ctx.clock),
+        tokens=TokenService(
+            SigningKey.load_or_create(settings.resolved_token_key_file),
+            ctx.clock,
+            ttl=timedelta(minutes=settings.token_ttl_minutes),
+            oidc=oidc,
+        ),
+        policy=AccessPolicy(
+            auto_grant_window=timedelta(hours=settings.auto_grant_window_hours),
+            auto_grant_max_span=timedelta(minutes=settings.auto_grant_max_span_minutes),
+            grant_ttl=timedelta(minutes=settings.grant_ttl_minutes),
+        ),
+        login_limits=LoginLimits(
+            max_failures=settings.login_max_failures,
+            lockout=timedelta(minutes=settings.login_lockout_minutes),
+        ),
+        client_failures=FailureWindow(settings.login_client_max_failures, window),
+        # Per name: a little above the lockout threshold, so that guessing at names that do
+        # not exist (no lockout there) is slowed down as much as guessing at real ones.
+        user_failures=FailureWindow(settings.login_max_failures * 2, window),
+    )
+    return create_app(services, on_shutdown=[writer.close] if writer else []), writer
+
+
+def api_app_from_env() -> FastAPI:
+    """uvicorn factory for ``cctv-vault api --workers N``: each worker builds its own app."""
+    settings = Settings()
+    app, _writer = build_api(settings, open_vault(settings))
+    return app

@@ -1,0 +1,71 @@
+"""The FastAPI app factory. Settings and services are built by the caller, never at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from access_api import problems
+from access_api.deps import ApiServices
+from access_api.routes import access, audit, auth, footage, users
+
+__all__ = ["create_app"]
+
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+class _SecurityHeaders:
+    """Adds conservative headers to every response; footage routes add ``no-store`` too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(
+    services: ApiServices, on_shutdown: Sequence[Callable[[], None]] = ()
+) -> FastAPI:
+    """The API over ``services``; ``on_shutdown`` runs when the server stops (flush the ledger)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for close in on_shutdown:
+            close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="cctv-vault access API",
+        version="0.1.0",
+        description=(
+            "Purpose-bound, authorized and audited access to CCTV footage. Every footage "
+            "response is preceded by its durable audit event; errors are RFC 9457 problems."
+        ),
+    )
+    app.state.services = services
+    problems.install(app)
+    for module in (auth, access, footage, audit, users):
+        app.include_router(module.router)
+    app.add_middleware(_SecurityHeaders)
+    return app
