@@ -49,11 +49,11 @@ def parse_range(header: str | None, total: int) -> ByteRange | None:
             raise Unsatisfiable
         return ByteRange(max(0, total - suffix), total - 1) if total else _none()
     start = int(first)
+    if start >= total:
+        raise Unsatisfiable
     end = int(last) if last else total - 1
     if end < start:
         return None
-    if start >= total:
-        raise Unsatisfiable
     return ByteRange(start, min(end, total - 1))
 
 
