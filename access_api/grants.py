@@ -197,6 +197,9 @@ def plan_approval(
     )
     if not decision.allowed:
         return ApprovalPlan(decision, request)
+    # The change is applied by a conditional UPDATE in commit_approval (two approvers racing
+    # must not both win); the loaded row must not be flushed behind its back.
+    session.expunge(request)
     request.state = "granted" if approve else "rejected"
     request.decided_by = principal.name
     request.decided_at = now
