@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy.engine import Engine
 
@@ -276,7 +277,11 @@ def open_segment_for_playback(ctx: VaultContext, segment: Segment) -> bytes:
         raise NotFound(f"segment {segment.id} has been purged")
     aad = _segment_aad(segment.id, segment.camera_id, segment.start, segment.sha256)
     blob = ctx.store.get(segment.object_key)
-    return open_blob(blob, segment.key_id, segment.wrapped_dek, aad, ctx.keys)
+    # open_blob only compares and slices its argument: through a memoryview the ciphertext is
+    # handed to AES-GCM without first copying ~30 MB into a new bytes object (measured: the
+    # copy, mostly page faults on fresh memory, cost 13-19 ms of the P6 budget).
+    view = cast(bytes, memoryview(blob))  # typed bytes in open_blob; used only as a buffer
+    return open_blob(view, segment.key_id, segment.wrapped_dek, aad, ctx.keys)
 
 
 def read_thumbnail(ctx: VaultContext, segment: Segment) -> bytes:

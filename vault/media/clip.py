@@ -57,6 +57,16 @@ MP4_FRAGMENT_OPTIONS = {
     "flush_packets": "1",
 }
 
+_DEMUX_OPTIONS = {
+    # Opening an input runs FFmpeg's stream probing, which decodes frames to learn what the
+    # container already says (size, profile and avcC are in the moov). Decoding nothing keeps
+    # the path free of decoding (I1) and makes opening a 1080p segment take under a
+    # millisecond instead of ~30-50 ms (P6). The output muxer needs none of what it would learn.
+    "skip_frame": "all",
+    "probesize": "32",
+    "analyzeduration": "0",
+}
+
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -126,7 +136,7 @@ class _SegmentReader:
         try:
             # BytesIO over bytes shares the buffer: no copy of the segment is made here.
             self.container: av.container.InputContainer = av.open(
-                io.BytesIO(plaintext), "r", format="mp4"
+                io.BytesIO(plaintext), "r", format="mp4", options=dict(_DEMUX_OPTIONS)
             )
         except (av.FFmpegError, OSError) as exc:
             raise IntegrityError(
