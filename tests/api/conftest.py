@@ -2,8 +2,8 @@
 real encrypted native segments, and the real group-commit ledger.
 
 Two sites: ``tokyo-1`` (camera ``cam-a``, with the recorded footage of tests/integration/
-test_clip.py: segments at T0+0..6 s and T0+9..13 s) and ``osaka-1`` (camera ``cam-b``, no
-footage). One user per role and site, named ``{role}-{site}`` (e.g. ``operator-tokyo``).
+test_clip.py: segments at T0+0..6 s and T0+9..13 s, and ``cam-c`` without footage) and
+``osaka-1`` (camera ``cam-b``, no footage). One user per role and site, named ``{role}-{site}`` (e.g. ``operator-tokyo``).
 The clock is fixed one hour after the footage.
 """
 
@@ -51,6 +51,13 @@ site = "tokyo-1"
 name = "Main entrance"
 retention_policy = "pci"
 source = { kind = "rtsp", url = "rtsp://10.0.0.5/stream1" }
+
+[[cameras]]
+id = "cam-c"
+site = "tokyo-1"
+name = "Side door"
+retention_policy = "pci"
+source = { kind = "rtsp", url = "rtsp://10.0.0.7/stream1" }
 
 [[cameras]]
 id = "cam-b"

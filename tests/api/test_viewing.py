@@ -37,7 +37,7 @@ def test_login_issues_a_short_lived_token_and_logs_it(api: Api) -> None:
 
 
 def test_cameras_lists_only_the_callers_sites(api: Api) -> None:
-    assert [c["id"] for c in api.get("/cameras", OP).json()] == ["cam-a"]
+    assert [c["id"] for c in api.get("/cameras", OP).json()] == ["cam-a", "cam-c"]
     assert [c["id"] for c in api.get("/cameras", "operator-osaka").json()] == ["cam-b"]
 
 
