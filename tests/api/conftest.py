@@ -3,8 +3,8 @@ real encrypted native segments, and the real group-commit ledger.
 
 Two sites: ``tokyo-1`` (camera ``cam-a``, with the recorded footage of tests/integration/
 test_clip.py: segments at T0+0..6 s and T0+9..13 s, and ``cam-c`` without footage) and
-``osaka-1`` (camera ``cam-b``, no footage). One user per role and site, named ``{role}-{site}`` (e.g. ``operator-tokyo``).
-The clock is fixed one hour after the footage.
+``osaka-1`` (camera ``cam-b``, no footage). One user per role and site, named
+``{role}-{site}`` (e.g. ``operator-tokyo``). The clock is fixed one hour after the footage.
 """
 
 from __future__ import annotations
