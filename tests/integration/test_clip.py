@@ -11,15 +11,19 @@ segments, a gap of three seconds, then a run of two segments::
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -459,3 +463,133 @@ def test_overlapping_segments_are_an_integrity_error(natives: list[Native]) -> N
                          inputs[1].end, "h264", 320, 180, inputs[1].read)
     with pytest.raises(IntegrityError, match="overlap"):
         open_clip([inputs[0], shifted], TimeRange(T0, T0 + 4 * S))
+
+
+# -- Chromium as the judge of "plays in Chrome" -----------------------------------------------
+
+_PAGE = """<!doctype html><html><body><video id="v" muted playsinline></video><pre id="out"></pre>
+<script>
+const v = document.getElementById('v');
+let reported = false;
+const report = (why) => {
+  if (reported) return;  // the first outcome is the answer
+  reported = true;
+  const ranges = [];
+  for (let i = 0; i < v.buffered.length; i++) ranges.push([v.buffered.start(i), v.buffered.end(i)]);
+  document.getElementById('out').textContent = JSON.stringify({why, duration: v.duration,
+    currentTime: v.currentTime, error: v.error && v.error.code, buffered: ranges});
+};
+v.addEventListener('error', () => report('error'));
+v.addEventListener('timeupdate', () => { if (v.currentTime >= v.duration - 0.05) report('end'); });
+setTimeout(() => report('timeout'), 60000);
+const play = () => { v.playbackRate = 4; v.play(); };
+if (MODE === 'mse') {
+  // Media Source Extensions: the page appends the streamed chunks as they arrive.
+  const ms = new MediaSource();
+  v.src = URL.createObjectURL(ms);
+  ms.addEventListener('sourceopen', async () => {
+    const buffer = ms.addSourceBuffer(TYPE);
+    const reader = (await fetch('/stream.mp4')).body.getReader();
+    for (;;) {
+      const {done, value} = await reader.read();
+      if (done) break;
+      buffer.appendBuffer(value);
+      await new Promise(resolve => buffer.addEventListener('updateend', resolve, {once: true}));
+    }
+    ms.endOfStream();
+    play();
+  });
+} else {
+  v.src = '/ranged.mp4';  // a plain <video src> over a response that answers Range requests
+  play();
+}
+</script></body></html>"""
+
+
+def _serve(clip: Clip, data: bytes, mode: str) -> ThreadingHTTPServer:
+    page = (
+        _PAGE.replace("MODE", json.dumps(mode)).replace("TYPE", json.dumps(clip.content_type))
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _head(self, status: int, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            if self.path == "/page.html":
+                self._head(200, {"Content-Type": "text/html", "Content-Length": str(len(page))})
+                self.wfile.write(page)
+            elif self.path == "/stream.mp4":
+                # The clip's own chunks, sent as they are produced: no length, no ranges.
+                self._head(200, {"Content-Type": clip.content_type, "Transfer-Encoding": "chunked"})
+                for chunk in clip:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+            elif self.path == "/ranged.mp4":
+                first, last = 0, len(data) - 1
+                asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if asked:
+                    first = int(asked.group(1))
+                    last = min(last, int(asked.group(2) or last))
+                headers = {
+                    "Content-Type": "video/mp4",
+                    "Accept-Ranges": "bytes",
+                    "Content-Length": str(last - first + 1),
+                }
+                if asked:
+                    headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+                self._head(206 if asked else 200, headers)
+                self.wfile.write(data[first : last + 1])
+            else:
+                self._head(404, {"Content-Length": "0"})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["mse", "ranged"])
+def test_chromium_plays_the_clip_across_segments_and_the_gap(
+    natives: list[Native], mode: str
+) -> None:
+    """Headless Chromium plays the whole clip (two runs, the gap between) to its end: streamed
+    into Media Source Extensions, or as a plain ``<video src>`` over a Range-capable response.
+
+    (A plain ``<video src>`` over a streamed response without Range stops after the few
+    seconds Chromium probes first: docs/design/playback.md, "Playing it in a browser".)
+    """
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    window = TimeRange(T0, T0 + 13 * S)
+    data = b"".join(open_clip(sources(natives), window))
+    clip = open_clip(sources(natives), window)
+    server = _serve(clip, data, mode)
+    try:
+        result = subprocess.run(
+            [
+                browser, "--headless=new", "--no-sandbox", "--disable-gpu",
+                "--autoplay-policy=no-user-gesture-required", "--virtual-time-budget=60000",
+                "--dump-dom", f"http://127.0.0.1:{server.server_address[1]}/page.html",
+            ],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    found = re.search(r'<pre id="out">(.*?)</pre>', result.stdout, re.S)
+    assert found and found.group(1), result.stdout[-2000:]
+    report = json.loads(html.unescape(found.group(1)))
+    assert report["error"] is None, report
+    assert report["why"] == "end", report
+    assert report["duration"] == pytest.approx(13.0, abs=0.15), report
+    assert report["currentTime"] >= 12.9, report
