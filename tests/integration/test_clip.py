@@ -372,6 +372,12 @@ def test_a_clip_closed_early_releases_its_segments(natives: list[Native]) -> Non
     next(chunks)
     clip.close()
     assert list(chunks) == []
+    clip.close()  # idempotent
+
+    # Never iterated (the caller failed between opening the clip and streaming it).
+    unstarted = open_clip(sources(natives), TimeRange(T0, T0 + 13 * S))
+    unstarted.close()
+    assert list(unstarted) == []
 
 
 def test_unreadable_first_segment_is_an_integrity_error(natives: list[Native]) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -146,6 +146,7 @@ class _SegmentReader:
             self.container.close()
             raise IntegrityError(f"segment {source.segment_id} has no video stream")
         self.stream: av.video.stream.VideoStream = self.container.streams.video[0]
+        self._closed = False
         self.time_base: Fraction = self.stream.time_base or Fraction(1, 90_000)
 
     def packets(self) -> Iterator[av.Packet[Any]]:
@@ -159,7 +160,9 @@ class _SegmentReader:
             ) from None
 
     def close(self) -> None:
-        self.container.close()
+        if not self._closed:
+            self._closed = True
+            self.container.close()
 
 
 def _h264_codecs(extradata: bytes | None) -> str | None:
@@ -183,16 +186,20 @@ class Clip:
     gaps: tuple[TimeRange, ...]
     content_type: str
     segment_ids: tuple[str, ...]
-    _chunks: Iterator[bytes] = field(repr=False)
+    _chunks: Generator[bytes, None, None] = field(repr=False)
+    _first: _SegmentReader = field(repr=False)
 
     def __iter__(self) -> Iterator[bytes]:
         return self._chunks
 
     def close(self) -> None:
-        """Release the demuxer and muxer if the consumer stops early (client went away)."""
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
+        """Release the demuxer and muxer if the consumer stops early (client went away).
+
+        Also for a clip never iterated: a generator that has not started does not run its
+        ``finally`` on close, so the first segment, opened by :func:`open_clip`, closes here.
+        """
+        self._chunks.close()
+        self._first.close()
 
 
 def _select(sources: Iterable[ClipSource], window: TimeRange) -> list[ClipSource]:
@@ -281,6 +288,7 @@ def open_clip(sources: Iterable[ClipSource], window: TimeRange) -> Clip:
         content_type=content_type,
         segment_ids=tuple(s.segment_id for s in chosen),
         _chunks=chunks,
+        _first=first,
     )
 
 
@@ -317,7 +325,7 @@ def _remux(
     head: list[av.Packet[Any]],
     rest: Iterator[av.Packet[Any]],
     origin_dts: int,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     sink = _Sink()
     output = av.open(sink, "w", format="mp4", options=dict(MP4_FRAGMENT_OPTIONS))
     clip_stream = output.add_stream_from_template(first.stream)
