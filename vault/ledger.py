@@ -27,6 +27,7 @@ Two ways to append:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -220,47 +221,92 @@ def _read_head(conn: Connection) -> tuple[int, str] | None:
     return None if row is None else (int(row.seq), str(row.hash))
 
 
-def _append_batch(conn: Connection, drafts: Sequence[EventDraft], timeout_s: float) -> list[int]:
-    """One transaction: take the chain lock, read the head, insert ``drafts`` after it, commit.
-
-    Every wait inside is bounded by ``timeout_s``: a locked table or a busy SQLite file makes
-    the batch fail instead of holding its callers past their deadline.
-    """
-    timeout_ms = max(1, int(timeout_s * 1000))
-    dialect = conn.dialect.name
-    previous_busy: Any = None
+def _append_batch(conn: Connection, drafts: Sequence[EventDraft]) -> list[int]:
+    """One transaction: take the chain lock, read the head, insert ``drafts`` after it, commit."""
     try:
-        if dialect == "sqlite":
-            previous_busy = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
-            conn.exec_driver_sql(f"PRAGMA busy_timeout = {timeout_ms}")
+        if conn.dialect.name == "sqlite":
             # The write lock from the first statement on: two processes never read one head.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        elif dialect == "postgresql":
-            for setting in ("statement_timeout", "lock_timeout"):
-                conn.execute(
-                    text("SELECT set_config(:name, :value, true)"),
-                    {"name": setting, "value": f"{timeout_ms}ms"},
-                )
         _lock_head(conn)
         rows = _chain_rows(_read_head(conn), drafts)
         conn.execute(_TABLE.insert(), rows)
         conn.commit()
     except BaseException:
-        conn.rollback()
+        with contextlib.suppress(sa_exc.DBAPIError):
+            conn.rollback()
         raise
-    finally:
-        if previous_busy is not None:
-            _restore_busy_timeout(conn, int(previous_busy))
     return [row["seq"] for row in rows]
 
 
-def _restore_busy_timeout(conn: Connection, value: int) -> None:
-    """Give the pooled connection back as it was lent; drop it if that cannot be done."""
-    try:
-        conn.exec_driver_sql(f"PRAGMA busy_timeout = {value}")
-        conn.commit()
-    except sa_exc.DBAPIError:
-        conn.invalidate()
+class _LedgerConnection:
+    """The writer thread's own connection, with every wait bounded by the write timeout.
+
+    Held for the writer's life (a pool checkout, a ping and two settings per batch cost more
+    than the batch's own statements on PostgreSQL); pinged after an idle spell so a database
+    restart costs no batch; thrown away after any failure; given back to the pool with the
+    settings it was lent with.
+    """
+
+    IDLE_PING_S = 1.0
+
+    def __init__(self, engine: Engine, timeout_s: float) -> None:
+        self._engine = engine
+        self._timeout_ms = max(1, int(timeout_s * 1000))
+        self._conn: Connection | None = None
+        self._restore: list[str] = []
+        self._last_used = 0.0
+
+    def get(self) -> Connection:
+        now = time.monotonic()
+        if self._conn is not None and now - self._last_used > self.IDLE_PING_S:
+            try:
+                self._conn.exec_driver_sql("SELECT 1")
+                self._conn.rollback()
+            except sa_exc.DBAPIError:
+                self.discard()
+        if self._conn is None:
+            self._conn = self._open()
+        self._last_used = now
+        return self._conn
+
+    def _open(self) -> Connection:
+        conn = self._engine.connect()
+        try:
+            if conn.dialect.name == "sqlite":
+                previous = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {self._timeout_ms}")
+                self._restore = [f"PRAGMA busy_timeout = {int(previous or 0)}"]
+            elif conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SET statement_timeout = {self._timeout_ms}")
+                conn.exec_driver_sql(f"SET lock_timeout = {self._timeout_ms}")
+                self._restore = ["RESET statement_timeout", "RESET lock_timeout"]
+            conn.commit()
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+        return conn
+
+    def discard(self) -> None:
+        """Drop a connection whose state is unknown: never back to the pool."""
+        if self._conn is not None:
+            with contextlib.suppress(sa_exc.DBAPIError):
+                self._conn.invalidate()
+            with contextlib.suppress(sa_exc.DBAPIError):
+                self._conn.close()
+            self._conn = None
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            for statement in self._restore:
+                self._conn.exec_driver_sql(statement)
+            self._conn.commit()
+            self._conn.close()
+            self._conn = None
+        except sa_exc.DBAPIError:
+            self.discard()
 
 
 def append(
@@ -337,10 +383,12 @@ def _describe(exc: BaseException) -> str:
 class LedgerWriter:
     """Group commit: callers block in :meth:`write` while one thread writes their batches.
 
-    A batch is up to ``batch_max`` events, or whatever has arrived ``batch_wait_s`` after the
-    oldest waiting event was handed in (so under load, when events queue up during a commit,
-    the next batch starts at once). One transaction per batch; a failed batch fails every one
-    of its callers with :class:`Unavailable`, and the next batch tries the database again.
+    A batch closes at ``batch_max`` events, ``batch_wait_s`` after its oldest event was handed
+    in, or after ``batch_quiet_s`` (default a twentieth of ``batch_wait_s``) without a new
+    event, whichever comes first. So a burst of callers shares one commit, a lone caller waits
+    half a millisecond rather than ten, and under load, when events queue up during a commit,
+    the next batch starts at once. One transaction per batch; a failed batch fails every one of
+    its callers with :class:`Unavailable`, and the next batch tries the database again.
 
     One writer per process is enough; processes share the chain through the database lock.
     """
@@ -352,18 +400,21 @@ class LedgerWriter:
         batch_max: int = 100,
         batch_wait_s: float = 0.01,
         write_timeout_s: float = 3.0,
+        batch_quiet_s: float | None = None,
         name: str = "ledger-writer",
     ) -> None:
         if batch_max < 1:
             raise InvalidInput("batch_max must be at least 1")
         if batch_wait_s < 0 or write_timeout_s <= 0:
             raise InvalidInput("batch_wait_s must be >= 0 and write_timeout_s > 0")
-        self._engine = engine
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
+        self.batch_quiet_s = batch_wait_s / 20 if batch_quiet_s is None else batch_quiet_s
         self.write_timeout_s = write_timeout_s
+        self._db = _LedgerConnection(engine, write_timeout_s)  # the writer thread's only
         self._cond = threading.Condition()
         self._queue: deque[_Waiter] = deque()
+        self._last_enqueue = 0.0
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -386,6 +437,7 @@ class LedgerWriter:
                 raise Unavailable("audit ledger unavailable: the writer is closed")
             was_empty = not self._queue
             self._queue.extend(waiters)
+            self._last_enqueue = now
             # Wake the writer only when it can act: a first event starts a batch, a full
             # queue ends the wait; anything in between would be a wasted wake-up.
             if was_empty or len(self._queue) >= self.batch_max:
@@ -433,12 +485,15 @@ class LedgerWriter:
     # -- the writer thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            if batch:
-                self._commit(batch)
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                if batch:
+                    self._commit(batch)
+        finally:
+            self._db.release()
 
     def _next_batch(self) -> list[_Waiter] | None:
         with self._cond:
@@ -448,7 +503,10 @@ class LedgerWriter:
                 self._cond.wait()
             fill_until = self._queue[0].enqueued + self.batch_wait_s
             while len(self._queue) < self.batch_max and not self._closing:
-                remaining = fill_until - time.monotonic()
+                # Linger while events keep arriving; a quiet spell means the burst is over
+                # and waiting longer would only add latency.
+                until = min(fill_until, self._last_enqueue + self.batch_quiet_s)
+                remaining = until - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
@@ -482,14 +540,16 @@ class LedgerWriter:
     def _write_with_retry(self, drafts: Sequence[EventDraft]) -> list[int]:
         for attempt in range(1, _HEAD_RACE_ATTEMPTS + 1):
             try:
-                with self._engine.connect() as conn:
-                    return _append_batch(conn, drafts, self.write_timeout_s)
+                return _append_batch(self._db.get(), drafts)
             except sa_exc.IntegrityError as exc:
                 # Only a writer that skipped the chain lock can take our seq: read the new
                 # head and chain after it.
                 if attempt == _HEAD_RACE_ATTEMPTS:
                     raise
                 log.warning("ledger head race attempt=%d reason=%s", attempt, _describe(exc))
+            except BaseException:
+                self._db.discard()
+                raise
         raise AssertionError("unreachable")
 
 

@@ -208,3 +208,15 @@ def test_head_race_with_a_writer_that_bypassed_the_lock_is_retried(engine: Engin
     with unit_of_work(engine) as session:
         assert session.exec(select(func.count()).select_from(AuditEvent)).one() == 2
     assert chain_ok(engine)
+
+
+def test_writer_gives_its_connection_back_as_it_was_lent(engine: Engine) -> None:
+    """The writer's short timeouts must not leak into connections other code gets later."""
+    with LedgerWriter(engine, batch_wait_s=0, write_timeout_s=TIMEOUT) as writer:
+        writer.write(draft(0))
+    query = (
+        "PRAGMA busy_timeout" if engine.dialect.name == "sqlite" else "SHOW statement_timeout"
+    )
+    with engine.connect() as a, engine.connect() as b:
+        settings = {str(conn.exec_driver_sql(query).scalar()) for conn in (a, b)}
+    assert settings == ({"30000"} if engine.dialect.name == "sqlite" else {"0"})
