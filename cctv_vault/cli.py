@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlmodel import col, select
 
+from cctv_vault.cli_audit import audit_app
 from cctv_vault.cli_users import users_app
 from cctv_vault.runtime import IngestService, build_api, default_demo_config, open_vault
 from vault.catalog import gaps_in_range, segments_in_range
@@ -32,6 +33,7 @@ cameras_app = typer.Typer(no_args_is_help=True, help="Cameras and their health")
 app.add_typer(segments_app, name="segments")
 app.add_typer(cameras_app, name="cameras")
 app.add_typer(users_app, name="users")
+app.add_typer(audit_app, name="audit")
 
 log = logging.getLogger("cctv_vault")
 
