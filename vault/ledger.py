@@ -242,9 +242,9 @@ class _LedgerConnection:
     """The writer thread's own connection, with every wait bounded by the write timeout.
 
     Held for the writer's life (a pool checkout, a ping and two settings per batch cost more
-    than the batch's own statements on PostgreSQL); pinged after an idle spell so a database
-    restart costs no batch; thrown away after any failure; given back to the pool with the
-    settings it was lent with.
+    than the batch's own statements on PostgreSQL); pinged after an idle spell, so a database
+    restarted while the ledger was quiet costs no batch; thrown away after any failure; given
+    back to the pool with the settings it was lent with.
     """
 
     IDLE_PING_S = 1.0
@@ -282,8 +282,9 @@ class _LedgerConnection:
                 self._restore = ["RESET statement_timeout", "RESET lock_timeout"]
             conn.commit()
         except BaseException:
-            conn.invalidate()
-            conn.close()
+            with contextlib.suppress(sa_exc.DBAPIError):
+                conn.invalidate()
+                conn.close()
             raise
         return conn
 
