@@ -72,7 +72,10 @@ class IngestService:
         self.spool.acquire()
         with unit_of_work(self.ctx.engine) as session:
             sync_config(
-                session, self.config, {c.id: source_ref(c) for c in self.config.cameras}
+                session,
+                self.config,
+                {c.id: source_ref(c) for c in self.config.cameras},
+                at=self.ctx.clock.now(),
             )
         recovered = {r.camera_id: r.gap for r in self.spool.recover()}
         initial_gaps = self._initial_gaps(recovered)

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
+from vault import ledger
 from vault.config import VaultConfig
 from vault.errors import NotFound
 from vault.models import (
@@ -18,7 +19,7 @@ from vault.models import (
     Segment,
     Site,
 )
-from vault.timerange import TimeRange, as_utc
+from vault.timerange import TimeRange, as_utc, utcnow
 
 __all__ = [
     "camera_or_404",
@@ -30,13 +31,28 @@ __all__ = [
 ]
 
 
-def sync_config(session: Session, config: VaultConfig, redact: dict[str, str]) -> None:
+_CAMERA_FIELDS = (
+    "site_id", "name", "location", "source_ref", "purpose", "retention_policy_id", "enabled"
+)
+
+
+def sync_config(
+    session: Session,
+    config: VaultConfig,
+    redact: dict[str, str],
+    at: datetime | None = None,
+) -> None:
     """Upsert sites, policies and cameras from the config.
 
     ``redact`` maps camera id to the redacted source reference: the catalog never sees
     credentials (I9). Cameras missing from the config are disabled, never deleted: their
-    footage stays under its retention.
+    footage stays under its retention. Every camera added, changed or disabled is written to
+    the ledger in the same transaction (I10), attributed to the config; ``at`` is when.
     """
+    when = as_utc(at) if at is not None else utcnow()
+    before = {
+        c.id: {f: getattr(c, f) for f in _CAMERA_FIELDS} for c in session.exec(select(Camera))
+    }
     for site in config.sites:
         session.merge(Site(id=site.id, name=site.name, timezone=site.timezone))
     for pol in config.retention_policies:
@@ -69,6 +85,23 @@ def sync_config(session: Session, config: VaultConfig, redact: dict[str, str]) -
         stale.enabled = False
         session.add(stale)
     session.flush()
+    for camera in session.exec(select(Camera).order_by(col(Camera.id))):
+        now = {f: getattr(camera, f) for f in _CAMERA_FIELDS}
+        old = before.get(camera.id)
+        if old == now:
+            continue
+        changed = sorted(f for f in _CAMERA_FIELDS if old is None or old[f] != now[f])
+        action = "camera.added" if old is None else "camera.changed"
+        ledger.append(
+            session,
+            at=when,
+            actor="system:config",
+            role="system",
+            action=action,
+            target=f"camera:{camera.id}",
+            decision="done",
+            details={"fields": changed, **{f: now[f] for f in changed}},
+        )
 
 
 def camera_or_404(session: Session, camera_id: str) -> Camera:
