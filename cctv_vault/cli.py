@@ -17,7 +17,13 @@ from sqlmodel import col, select
 
 from cctv_vault.cli_audit import audit_app
 from cctv_vault.cli_users import users_app
-from cctv_vault.runtime import IngestService, build_api, default_demo_config, open_vault
+from cctv_vault.runtime import (
+    IngestService,
+    build_api,
+    default_demo_config,
+    ensure_demo_users,
+    open_vault,
+)
 from vault.catalog import gaps_in_range, segments_in_range
 from vault.check import run_check
 from vault.config import load_config
@@ -76,6 +82,9 @@ def _record(config_path: Path, duration: float | None, *, serve_api: bool = Fals
         _fail(exc.message)
     try:
         if serve_api:
+            credentials = ensure_demo_users(ctx, settings)
+            if credentials is not None:
+                log.info("demo users and their passwords are in %s", credentials)
             api, _writer = build_api(settings, ctx)
             _serve(api, settings.api_host, settings.api_port, duration)
         else:

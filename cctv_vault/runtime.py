@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -19,11 +21,12 @@ from access_api.audit import Auditor
 from access_api.auth.ratelimit import FailureWindow
 from access_api.auth.tokens import OidcConfig, TokenService
 from access_api.deps import ApiServices
-from access_api.policy import AccessPolicy
-from access_api.principals import LoginLimits
+from access_api.policy import ALL_SITES, AccessPolicy
+from access_api.principals import LoginLimits, add_user, list_users
 from ingest.recorder import CameraRecorder, Committer, HealthBoard, source_ref
 from ingest.segmenter import GapInfo
 from ingest.spool import Spool
+from vault import ledger
 from vault.catalog import last_segment_end, sync_config
 from vault.config import VaultConfig
 from vault.crypto import LocalKeyProvider
@@ -35,7 +38,7 @@ from vault.signing import SigningKey
 from vault.store.factory import ensure_lock_enforcement, open_store
 from vault.timerange import Clock, SystemClock
 
-__all__ = ["IngestService", "api_app_from_env", "build_api", "open_vault"]
+__all__ = ["IngestService", "api_app_from_env", "build_api", "ensure_demo_users", "open_vault"]
 
 log = logging.getLogger("cctv_vault")
 
@@ -180,6 +183,41 @@ def running(service: IngestService) -> Iterator[IngestService]:
 
 def default_demo_config() -> Path:
     return Path(__file__).with_name("demo.toml")
+
+
+DEMO_USERS = (
+    ("demo-operator", "operator"),
+    ("demo-supervisor", "supervisor"),
+    ("demo-auditor", "auditor"),
+)
+
+
+def ensure_demo_users(ctx: VaultContext, settings: Settings) -> Path | None:
+    """Demo only: create one user per everyday role with a random password, once.
+
+    The passwords go to a 0600 file in the data dir, never to the log (I9). Outside the demo
+    there are no default credentials: users are created with ``cctv-vault users add``.
+    """
+    if not settings.demo:
+        return None
+    path = settings.data_dir / "demo-credentials.txt"
+    with unit_of_work(ctx.engine) as session:
+        if list_users(session):
+            return path if path.exists() else None
+        lines = []
+        for name, role in DEMO_USERS:
+            password = secrets.token_urlsafe(12)
+            add_user(session, name, [role], [ALL_SITES], ctx.clock.now(), password=password)
+            lines.append(f"{name} {role} {password}\n")
+            ledger.append(
+                session, at=ctx.clock.now(), actor="system:demo", role="system",
+                action="users.add", target=f"user:{name}", decision="done",
+                details={"roles": [role], "sites": [ALL_SITES]},
+            )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("# demo users: name role password (demo only)\n" + "".join(lines))
+    return path
 
 
 def build_api(

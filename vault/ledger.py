@@ -539,6 +539,7 @@ class LedgerWriter:
             waiter.done.set()
 
     def _write_with_retry(self, drafts: Sequence[EventDraft]) -> list[int]:
+        reconnected = False
         for attempt in range(1, _HEAD_RACE_ATTEMPTS + 1):
             try:
                 return _append_batch(self._db.get(), drafts)
@@ -548,6 +549,17 @@ class LedgerWriter:
                 if attempt == _HEAD_RACE_ATTEMPTS:
                     raise
                 log.warning("ledger head race attempt=%d reason=%s", attempt, _describe(exc))
+            except sa_exc.DBAPIError as exc:
+                self._db.discard()
+                if not exc.connection_invalidated or reconnected:
+                    raise
+                # The held connection died (database restarted, network cut) since the last
+                # batch: one fresh connection, at once, rather than failing a caller for a
+                # connection nobody could have known was dead. Should the commit itself have
+                # reached the database before the cut, the retry records these events twice:
+                # the ledger may over-report an attempt, never lose one.
+                reconnected = True
+                log.warning("ledger connection lost; reconnecting reason=%s", _describe(exc))
             except BaseException:
                 self._db.discard()
                 raise
