@@ -4,6 +4,8 @@ set -euo pipefail
 
 need_apt=()
 command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
+# Chromium judges that clips play in a real browser (Media Source Extensions, ranged <video>).
+command -v chromium >/dev/null || need_apt+=(chromium)
 /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' \
   >/dev/null 2>&1 || need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-rtsp)
@@ -28,4 +30,5 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   echo "ensure-peers: PostgreSQL not reachable; PostgreSQL tests will be skipped (not in CI)" >&2
 fi
 command -v ffprobe >/dev/null || { echo "ensure-peers: ffprobe missing" >&2; exit 1; }
-echo "ensure-peers: ffprobe, gst-rtsp-server and PostgreSQL ready"
+command -v chromium >/dev/null || { echo "ensure-peers: chromium missing" >&2; exit 1; }
+echo "ensure-peers: ffprobe, chromium, gst-rtsp-server and PostgreSQL ready"
