@@ -31,6 +31,8 @@ bench: $(STAMP) peers
 	$(BIN)/python -m bench.p1_ingest_cpu
 	$(BIN)/python -m bench.p2_live_streams
 	$(BIN)/python -m bench.p2_receive_floor
+	CCTV_BENCH_DATABASE_URL=$${CCTV_BENCH_DATABASE_URL:-$(PG_URL)} $(BIN)/python -m bench.p3_ledger_appends
+	$(BIN)/python -m bench.p6_playback_ttfb
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
