@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
 
     from sqlmodel import select
 
-    import ingest.recorder
+    import ingest.simulate
     from cctv_vault.runtime import IngestService, open_vault
     from ingest.spool import CLEAN_MARK
     from vault.check import run_check
@@ -75,7 +75,8 @@ def main(argv: list[str]) -> int:
         return clip
 
     if not rtsp:
-        ingest.recorder.render_clip = _use_bench_clip  # type: ignore[assignment]
+        # The recorder looks render_clip up in ingest.simulate when a synthetic camera opens.
+        ingest.simulate.render_clip = _use_bench_clip  # type: ignore[assignment]
 
     def _source(i: int) -> SourceConfig:
         if rtsp:
