@@ -294,7 +294,10 @@ def first_difference(original: list[dict[str, Any]], tampered: list[dict[str, An
 
     before = {r["seq"]: r for r in original}
     after = {r["seq"]: r for r in tampered}
+    last_stored = max([*after, 0])
     for seq in range(1, max([*before, *after, 0]) + 1):
+        if seq not in after and seq < last_stored:
+            return seq  # a hole before a stored event: the chain breaks here
         if meaning(before.get(seq)) != meaning(after.get(seq)):
             return seq
     return None
