@@ -20,7 +20,9 @@ __all__ = [
     "AuditCheckpoint",
     "AuditEvent",
     "Grant",
+    "Hold",
     "Principal",
+    "PurgeRun",
     "Camera",
     "CameraStatus",
     "Gap",
@@ -176,6 +178,56 @@ class Tombstone(SQLModel, table=True):
     deleted_at: datetime = _utc_col()
     method: str = Field(max_length=100)
     verified: bool = False
+    # The purge run that removed it, and the thumbnail that went with it (if any).
+    purge_run_id: str | None = Field(default=None, max_length=36, index=True)
+    thumb_key: str | None = Field(default=None, max_length=500)
+
+
+class HoldKind(StrEnum):
+    LEGAL = "legal"
+    SECURITY = "security"
+
+
+class Hold(SQLModel, table=True):
+    """An order that suspends purging of cameras x range (DESIGN §9). Holds win over retention.
+
+    Legal holds are placed by legal counsel (optionally under a warrant) and released by another
+    person or the privacy officer; security holds are placed by a supervisor and expire.
+    """
+
+    id: str = Field(primary_key=True, max_length=36)
+    kind: str = Field(max_length=16, index=True)
+    cameras: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of camera ids
+    start: datetime = _utc_col()
+    end: datetime = _utc_col()
+    reason: str = Field(max_length=2000)
+    warrant_ref: str = Field(max_length=200, default="")
+    placed_by: str = Field(max_length=200)
+    placed_at: datetime = _utc_col()
+    expires_at: datetime | None = _utc_col(nullable=True)
+    released_by: str | None = Field(default=None, max_length=200)
+    released_at: datetime | None = _utc_col(nullable=True, index=True)
+    release_reason: str = Field(max_length=2000, default="")
+
+
+class PurgeRun(SQLModel, table=True):
+    """One execution of the purge; its signed certificate lives in the store under ledger/."""
+
+    __tablename__ = "purge_run"
+
+    id: str = Field(primary_key=True, max_length=36)
+    started_at: datetime = _utc_col(index=True)
+    finished_at: datetime | None = _utc_col(nullable=True)
+    as_of: datetime = _utc_col()  # "purge everything expired as of" this instant
+    state: str = Field(max_length=16)  # running | done | failed
+    trigger: str = Field(max_length=64)  # scheduler | cli | resume
+    purged: int = 0
+    purged_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    held_back: int = 0
+    failed: int = 0
+    certificate_key: str | None = Field(default=None, max_length=500)
+    certificate_sha256: str | None = Field(default=None, max_length=64)
+    detail: str = Field(max_length=2000, default="")
 
 
 class CameraStatus(SQLModel, table=True):
