@@ -25,6 +25,8 @@ __all__ = [
     "Decision",
     "FootageFacts",
     "GrantFacts",
+    "HoldPlaceFacts",
+    "HoldReleaseFacts",
     "Outcome",
     "PrincipalView",
     "Purpose",
@@ -74,6 +76,11 @@ class Action(StrEnum):
     FOOTAGE_VIEW = "footage.view"  # timeline, thumbnails, clips, segment media
     AUDIT_READ = "audit.read"
     USERS_MANAGE = "users.manage"
+    HOLDS_LIST = "holds.list"
+    HOLDS_PLACE = "holds.place"  # legal holds: legal counsel; security holds: supervisors
+    HOLDS_RELEASE = "holds.release"
+    RETENTION_READ = "retention.read"  # policies, the retention report, purge runs
+    RETENTION_CHANGE = "retention.change"  # change a retention policy: privacy officer only
 
 
 _VIEWERS = frozenset({Role.OPERATOR, Role.SUPERVISOR, Role.LEGAL, Role.PRIVACY_OFFICER})
@@ -90,6 +97,13 @@ ROLE_PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.FOOTAGE_VIEW: _VIEWERS,
     Action.AUDIT_READ: frozenset({Role.AUDITOR, Role.PRIVACY_OFFICER}),
     Action.USERS_MANAGE: frozenset({Role.ADMIN}),
+    Action.HOLDS_LIST: frozenset(
+        {Role.SUPERVISOR, Role.LEGAL, Role.PRIVACY_OFFICER, Role.AUDITOR}
+    ),
+    Action.HOLDS_PLACE: frozenset({Role.SUPERVISOR, Role.LEGAL}),
+    Action.HOLDS_RELEASE: frozenset({Role.SUPERVISOR, Role.LEGAL, Role.PRIVACY_OFFICER}),
+    Action.RETENTION_READ: frozenset({Role.PRIVACY_OFFICER, Role.AUDITOR, Role.ADMIN}),
+    Action.RETENTION_CHANGE: frozenset({Role.PRIVACY_OFFICER}),
 }
 
 # Which roles may ask for footage for which purpose.
@@ -222,7 +236,31 @@ class RevokeFacts:
     sites: frozenset[str]
 
 
-Resource = ScopeFacts | RequestFacts | ApproveFacts | FootageFacts | RevokeFacts
+@dataclass(frozen=True)
+class HoldPlaceFacts:
+    """A hold about to be placed: its kind and the sites of its cameras."""
+
+    kind: str  # "legal" | "security"
+    sites: frozenset[str]
+    has_expiry: bool
+
+
+@dataclass(frozen=True)
+class HoldReleaseFacts:
+    kind: str
+    placed_by: str
+    sites: frozenset[str]
+
+
+Resource = (
+    ScopeFacts
+    | RequestFacts
+    | ApproveFacts
+    | FootageFacts
+    | RevokeFacts
+    | HoldPlaceFacts
+    | HoldReleaseFacts
+)
 
 
 def purpose_rule(purpose: str) -> Decision:
@@ -357,6 +395,38 @@ def _decide_revoke(p: PrincipalView, facts: RevokeFacts) -> Decision:
     return _refuse("revoke-role", "you may not revoke this grant")
 
 
+def _decide_hold_place(p: PrincipalView, facts: HoldPlaceFacts) -> Decision:
+    if facts.kind == "legal":
+        if not p.has(Role.LEGAL):
+            return _refuse("hold-role", "legal holds are placed by legal counsel")
+        return _allow("hold-legal", "legal counsel places legal holds")
+    if facts.kind == "security":
+        if not p.has(Role.SUPERVISOR):
+            return _refuse("hold-role", "security holds are placed by a supervisor")
+        if not p.covers_sites(facts.sites):
+            return _refuse("site-scope", "a camera of the hold is outside your sites")
+        if not facts.has_expiry:
+            return _refuse("hold-expiry", "a security hold needs an expiry")
+        return _allow("hold-security", "a supervisor places security holds on own sites")
+    return _refuse("hold-kind", f"unknown hold kind {facts.kind!r}: legal or security")
+
+
+def _decide_hold_release(p: PrincipalView, facts: HoldReleaseFacts) -> Decision:
+    if p.has(Role.PRIVACY_OFFICER):
+        return _allow("release-privacy-officer", "the privacy officer may release any hold")
+    if facts.kind == "legal":
+        if not p.has(Role.LEGAL):
+            return _refuse("release-role", "legal holds are released by legal counsel")
+        if facts.placed_by == p.name:
+            return _refuse(
+                "four-eyes", "a legal hold is released by another person than who placed it"
+            )
+        return _allow("release-legal", "released by legal counsel other than the placer")
+    if p.has(Role.SUPERVISOR) and p.covers_sites(facts.sites):
+        return _allow("release-security", "a supervisor of the sites releases security holds")
+    return _refuse("release-role", "security holds are released by a supervisor of the sites")
+
+
 def decide(
     principal: PrincipalView,
     action: Action,
@@ -384,4 +454,8 @@ def decide(
             return _decide_footage(principal, resource, now)
         case RevokeFacts() if action is Action.GRANT_REVOKE:
             return _decide_revoke(principal, resource)
+        case HoldPlaceFacts() if action is Action.HOLDS_PLACE:
+            return _decide_hold_place(principal, resource)
+        case HoldReleaseFacts() if action is Action.HOLDS_RELEASE:
+            return _decide_hold_release(principal, resource)
     return _refuse("unknown", f"no rule decides {action} on {type(resource).__name__}")

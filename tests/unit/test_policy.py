@@ -13,6 +13,8 @@ from access_api.policy import (
     ApproveFacts,
     FootageFacts,
     GrantFacts,
+    HoldPlaceFacts,
+    HoldReleaseFacts,
     Outcome,
     PrincipalView,
     RequestFacts,
@@ -285,3 +287,53 @@ def test_mismatched_action_and_resource_is_refused() -> None:
     decision = decide(who(Role.OPERATOR), Action.FOOTAGE_VIEW, request(), NOW, POLICY)
     assert decision.outcome is Outcome.REFUSE
     assert decision.rule == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("roles", "sites", "kind", "hold_sites", "expiry", "outcome", "rule"),
+    [
+        ((Role.LEGAL,), ("*",), "legal", ("tokyo-1",), False, "allowed", "hold-legal"),
+        ((Role.SUPERVISOR,), ("tokyo-1",), "legal", ("tokyo-1",), False, "refused", "hold-role"),
+        ((Role.SUPERVISOR,), ("tokyo-1",), "security", ("tokyo-1",), True, "allowed",
+         "hold-security"),
+        ((Role.SUPERVISOR,), ("tokyo-1",), "security", ("tokyo-1",), False, "refused",
+         "hold-expiry"),
+        ((Role.SUPERVISOR,), ("osaka-1",), "security", ("tokyo-1",), True, "refused",
+         "site-scope"),
+        ((Role.LEGAL,), ("*",), "security", ("tokyo-1",), True, "refused", "hold-role"),
+        ((Role.LEGAL,), ("*",), "forever", ("tokyo-1",), False, "refused", "hold-kind"),
+        ((Role.OPERATOR,), ("tokyo-1",), "security", ("tokyo-1",), True, "refused", "role"),
+        ((Role.PRIVACY_OFFICER,), ("*",), "legal", ("tokyo-1",), False, "refused", "role"),
+    ],
+)
+def test_hold_placement_table(
+    roles: tuple[Role, ...], sites: tuple[str, ...], kind: str, hold_sites: tuple[str, ...],
+    expiry: bool, outcome: str, rule: str,
+) -> None:
+    facts = HoldPlaceFacts(kind=kind, sites=frozenset(hold_sites), has_expiry=expiry)
+    decision = decide(who(*roles, sites=sites), Action.HOLDS_PLACE, facts, NOW, POLICY)
+    assert (decision.outcome.value, decision.rule) == (outcome, rule)
+
+
+@pytest.mark.parametrize(
+    ("roles", "sites", "name", "kind", "placed_by", "outcome", "rule"),
+    [
+        ((Role.LEGAL,), ("*",), "lee", "legal", "lin", "allowed", "release-legal"),
+        ((Role.LEGAL,), ("*",), "lee", "legal", "lee", "refused", "four-eyes"),
+        ((Role.PRIVACY_OFFICER,), ("*",), "pat", "legal", "lee", "allowed",
+         "release-privacy-officer"),
+        ((Role.SUPERVISOR,), ("tokyo-1",), "sam", "legal", "lee", "refused", "release-role"),
+        ((Role.SUPERVISOR,), ("tokyo-1",), "sam", "security", "sam", "allowed",
+         "release-security"),
+        ((Role.SUPERVISOR,), ("osaka-1",), "sid", "security", "sam", "refused", "release-role"),
+        ((Role.AUDITOR,), ("*",), "aud", "security", "sam", "refused", "role"),
+    ],
+)
+def test_hold_release_table(
+    roles: tuple[Role, ...], sites: tuple[str, ...], name: str, kind: str, placed_by: str,
+    outcome: str, rule: str,
+) -> None:
+    facts = HoldReleaseFacts(kind=kind, placed_by=placed_by, sites=frozenset({"tokyo-1"}))
+    decision = decide(who(*roles, sites=sites, name=name), Action.HOLDS_RELEASE, facts, NOW,
+                      POLICY)
+    assert (decision.outcome.value, decision.rule) == (outcome, rule)
