@@ -62,12 +62,12 @@ class FragmentWriter:
     def __init__(self, path: Path, template: av.video.stream.VideoStream) -> None:
         self.path = path
         self._time_base: Fraction = template.time_base or Fraction(1, 90_000)
-        # FFmpeg writes the file itself, through its file protocol: no Python call and no
-        # extra copy per write, and the GIL stays released while mux() writes a fragment
-        # (a Python file object cost ~0.3 CPU s per 1080p camera-hour, P1). We keep our own
-        # descriptor on the same file only to fsync it: fsync makes the inode's data durable
-        # whichever descriptor wrote it. Creating the file here (FFmpeg opens it at the first
-        # packet) gives us that descriptor, and the spool's plaintext footage mode 0600.
+        # FFmpeg writes the file itself, through its file protocol: no Python call, bytes
+        # object and buffered-writer copy per chunk the muxer emits, and the GIL stays released
+        # while mux() writes a fragment, so other cameras' threads and the committer run on.
+        # We keep our own descriptor on the same file only to fsync it: fsync makes the inode's
+        # data durable whichever descriptor wrote it. Creating the file here (FFmpeg opens it
+        # at the first packet) gives us that descriptor, and the plaintext footage mode 0600.
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             # "file:" keeps a relative path with a colon from being taken for a protocol.
