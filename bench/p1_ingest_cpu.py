@@ -13,7 +13,11 @@ CPU is user+sys of exactly that child (``os.wait4``). Ours is verified after eve
 expected number of segments, every input packet stored once, media time covered, and
 ``run_check`` (decrypt and re-hash every object) ok; a run that did not do the work fails the
 benchmark. ``--quick``: a 10-minute input and one round. ``--profile``: one extra cProfile run
-of ours, top functions printed (not part of the measurement).
+of ours, top functions printed (not part of the measurement). ``--floor``: every round also
+runs the floor, ``python -m bench._ingest_file --floor IN WORK_DIR`` — the same segmenter,
+fMP4 writer and thumbnails, then only what the commit protocol cannot skip (SHA-256, streamed
+AES-256-GCM, object file with fsync, an SQLite row), in one thread with no framework: what the
+design costs, against which ours' overhead and the 1.5x target can be read.
 """
 
 from __future__ import annotations
@@ -157,6 +161,28 @@ def run_ours(
     return m, child, verified
 
 
+def run_floor(
+    src: Path, work: Path, info: dict[str, Any], expected_segments: int
+) -> tuple[Measured, dict[str, Any]]:
+    d = work / "floor"
+    shutil.rmtree(d, ignore_errors=True)
+    m = run_measured([PYTHON, "-m", "bench._ingest_file", "--floor", str(src), str(d)], d)
+    if m.returncode != 0:
+        raise SystemExit(f"floor failed: rc={m.returncode}\n{m.stderr[-4000:]}")
+    child = last_json_line(m.stdout)
+    objects = len(list((d / "objects").iterdir()))
+    if (
+        child["segments_closed"] != expected_segments
+        or child["frames"] != info["packets"]
+        or objects != 2 * expected_segments
+        or child["spool_left"]
+    ):
+        raise SystemExit(f"floor did not do the work: {child}, {objects} objects")
+    shutil.rmtree(d)
+    settle()
+    return m, child
+
+
 def print_profile(path: Path, limit: int = 25) -> None:
     import pstats
 
@@ -173,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds of (anchor, ours); default 5, quick 1")
     parser.add_argument("--minutes", type=int, help="input length; default 60, quick 10")
     parser.add_argument("--profile", action="store_true", help="also profile one run of ours")
+    parser.add_argument(
+        "--floor", action="store_true", help="also run the floor (the design's work alone)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when above the target")
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 5)
@@ -202,19 +231,27 @@ def main(argv: list[str] | None = None) -> int:
 
     anchor: list[Measured] = []
     ours: list[Measured] = []
+    floor: list[Measured] = []
     children: list[dict[str, Any]] = []
+    floor_children: list[dict[str, Any]] = []
     verified: list[dict[str, Any]] = []
+    contenders = ["anchor", "ours", "floor"] if args.floor else ["anchor", "ours"]
     for r in range(rounds):
-        order = ("anchor", "ours") if r % 2 == 0 else ("ours", "anchor")
-        for who in order:
+        # Rotate the order so no contender always runs first (or right after another's writes).
+        shift = r % len(contenders)
+        for who in contenders[shift:] + contenders[:shift]:
             if who == "anchor":
                 anchor.append(run_anchor(src, work, expected))
                 m = anchor[-1]
-            else:
+            elif who == "ours":
                 m, child, ver = run_ours(src, work, info, expected, None)
                 ours.append(m)
                 children.append(child)
                 verified.append(ver)
+            else:
+                m, child = run_floor(src, work, info, expected)
+                floor.append(m)
+                floor_children.append(child)
             print(
                 f"  round {r + 1}/{rounds} {who:6s}: cpu {m.cpu_s:6.2f} s "
                 f"(user {m.user_s:.2f} + sys {m.sys_s:.2f}), wall {m.wall_s:6.2f} s",
@@ -250,6 +287,18 @@ def main(argv: list[str] | None = None) -> int:
             str(len(ours)),
         ],
     ]
+    if floor:
+        rows.append(
+            [
+                "floor: the design's work alone",
+                f"{median([m.cpu_s for m in floor]):.2f}",
+                f"{median([m.user_s for m in floor]):.2f}",
+                f"{median([m.sys_s for m in floor]):.2f}",
+                f"{median([m.cpu_s for m in floor]) / hours:.2f}",
+                f"{median([m.wall_s for m in floor]):.2f}",
+                str(len(floor)),
+            ]
+        )
     verdict = "OK" if ratio <= TARGET else "ABOVE TARGET"
     print()
     print(table(rows))
@@ -261,6 +310,36 @@ def main(argv: list[str] | None = None) -> int:
         f"ours = start-up (interpreter, imports, open_vault) {o_startup:.2f} s "
         f"+ ingest {o_ingest:.2f} s (medians); ingest alone / anchor: {o_ingest / a_cpu:.2f}x"
     )
+    threads = {
+        role: median([c[f"cpu_{role}_s"] for c in children])
+        for role in ("recorder", "committer", "main", "other_threads")
+    }
+    print(
+        f"ours' ingest by thread (medians): recorder {threads['recorder']:.2f} s, "
+        f"committer {threads['committer']:.2f} s, main (start, stop, last drain) "
+        f"{threads['main']:.2f} s, other (thumbnail decoder workers) "
+        f"{threads['other_threads']:.2f} s"
+    )
+    f_cpu = median([m.cpu_s for m in floor]) if floor else None
+    if f_cpu is not None:
+        f_startup = median(
+            [
+                c["cpu_interpreter_s"] + c["cpu_imports_s"] + c["cpu_open_vault_s"]
+                for c in floor_children
+            ]
+        )
+        f_ingest = median([c["cpu_ingest_s"] for c in floor_children])
+        f_parts = {
+            role: median([c[f"cpu_{role}_s"] for c in floor_children])
+            for role in ("recorder", "committer", "other_threads")
+        }
+        print(
+            f"floor/anchor (medians): {f_cpu / a_cpu:.2f}x; floor = start-up {f_startup:.2f} s "
+            f"+ ingest {f_ingest:.2f} s (recording {f_parts['recorder']:.2f} s, committing "
+            f"{f_parts['committer']:.2f} s, thumbnail decoder workers "
+            f"{f_parts['other_threads']:.2f} s); ours/floor: {o_cpu / f_cpu:.2f}x; per round: "
+            + ", ".join(f"{f.cpu_s / a.cpu_s:.2f}x" for a, f in zip(anchor, floor, strict=True))
+        )
     v = verified[-1]
     print(
         f"verified every round: {v['segments']} segments, {v['frames']} frames, "
@@ -307,6 +386,20 @@ def main(argv: list[str] | None = None) -> int:
             "breakdown": children,
             "verified": verified,
         },
+        "floor": (
+            {
+                "cmd": "python -m bench._ingest_file --floor IN WORK_DIR",
+                "cpu_s": [round(m.cpu_s, 3) for m in floor],
+                "user_s": [round(m.user_s, 3) for m in floor],
+                "sys_s": [round(m.sys_s, 3) for m in floor],
+                "wall_s": [round(m.wall_s, 3) for m in floor],
+                "cpu_s_median": round(f_cpu, 3),
+                "ratio_to_anchor": round(f_cpu / a_cpu, 3),
+                "breakdown": floor_children,
+            }
+            if f_cpu is not None
+            else None
+        ),
         "ratio": round(ratio, 3),
         "round_ratios": [round(x, 3) for x in round_ratios],
         "target": TARGET,
