@@ -63,3 +63,10 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture
 def keys(tmp_path: Path) -> LocalKeyProvider:
     return LocalKeyProvider(tmp_path / "keys" / "kek.bin")
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[Engine]:
+    """A freshly migrated PostgreSQL catalog, for what only PostgreSQL has (advisory locks,
+    a network between the API and its database)."""
+    yield from _postgres_engine()

@@ -147,10 +147,10 @@ class Proxy:
 
 
 def test_database_gone_means_503_and_no_bytes(
-    engine: Engine, tmp_path: Path, keys: LocalKeyProvider, natives: list[Native]
+    pg_engine: Engine, tmp_path: Path, keys: LocalKeyProvider, natives: list[Native]
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the network cut applies to PostgreSQL (SQLite is a local file)")
+    """PostgreSQL cut off by the network (SQLite is a local file: its failure is the lock)."""
+    engine = pg_engine
     url = engine.url
     proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
     try:

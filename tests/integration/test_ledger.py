@@ -181,10 +181,11 @@ def test_locked_database_fails_every_waiter_within_the_timeout_then_recovers(
     assert chain_ok(engine)
 
 
-def test_head_race_with_a_writer_that_bypassed_the_lock_is_retried(engine: Engine) -> None:
-    """A row inserted under the writer's feet (no chain lock) costs a retry, never an event."""
-    if engine.dialect.name == "sqlite":
-        pytest.skip("SQLite's write lock admits no second writer to race with")
+def test_head_race_with_a_writer_that_bypassed_the_lock_is_retried(pg_engine: Engine) -> None:
+    """A row inserted under the writer's feet (no chain lock) costs a retry, never an event.
+
+    PostgreSQL only: SQLite's write lock admits no second writer to race with."""
+    engine = pg_engine
     raced: list[int] = []
 
     def rogue_insert(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
