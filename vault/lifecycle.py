@@ -9,7 +9,9 @@ Commit, for one closed segment in the spool, every step idempotent by segment id
 4. put the object under its deterministic key with purpose metadata (and the S3 retention
    lock until ``retention_until``); the thumbnail likewise;
 5. insert the row (and its run) in one transaction;
-6. remove the spool files (manifest last).
+6. if an active hold covers the segment, put the store's legal hold on its objects
+   (:func:`vault.holds.hold_new_segment`; again on a retry that finds the row);
+7. remove the spool files (manifest last).
 
 A crash between 4 and 5 leaves an object without a row only while its manifest is still in
 the spool; recovery (``commit_pending``) finishes it before anything else runs.
@@ -30,7 +32,16 @@ from vault import ledger
 from vault.crypto import KeyProvider, associated_data, new_seal, open_blob, seal_blob
 from vault.db import unit_of_work
 from vault.errors import IntegrityError, InvalidInput, NotFound
-from vault.models import COLLECTION_PURPOSE, Camera, Gap, RetentionPolicy, Run, Segment
+from vault.holds import hold_new_segment
+from vault.models import (
+    COLLECTION_PURPOSE,
+    Camera,
+    Gap,
+    RetentionPolicy,
+    Run,
+    Segment,
+    SegmentState,
+)
 from vault.pending import PendingGap, PendingSegment, fsync_dir
 from vault.store.base import ObjectStore
 from vault.timerange import Clock, SystemClock
@@ -88,6 +99,9 @@ def commit_segment(ctx: VaultContext, pending: PendingSegment, spool: Path) -> S
             raise NotFound(f"segment {pending.segment_id} names unknown camera")
         policy = session.get(RetentionPolicy, camera.retention_policy_id) if camera else None
     if existing is not None:
+        if existing.state == SegmentState.STORED:
+            # A crash after the insert may have come before the legal hold (step 6).
+            hold_new_segment(ctx, existing)
         _remove_spool_files(pending, spool)
         return existing
     assert camera is not None and policy is not None
@@ -187,6 +201,8 @@ def commit_segment(ctx: VaultContext, pending: PendingSegment, spool: Path) -> S
             created_at=now,
         )
         session.add(segment)
+    # After the row is committed: a hold placed meanwhile either sees the row or is seen here.
+    hold_new_segment(ctx, segment)
     log.info(
         "segment committed camera=%s segment=%s start=%s end=%s bytes=%d sha256=%s",
         camera.id,
