@@ -80,6 +80,46 @@ class Settings(BaseSettings):
     oidc_roles_claim: str = Field("roles", description="Claim listing cctv-vault roles")
     oidc_sites_claim: str = Field("sites", description="Claim listing the person's site ids")
     demo: bool = Field(False, description="Embedded demo mode: allows demo-only defaults")
+    scheduler_timezone: str = Field(
+        "Asia/Tokyo",
+        min_length=1,
+        max_length=64,
+        description="IANA time zone in which the scheduler's cron expressions are read",
+    )
+    scheduler_purge_cron: str = Field(
+        "30 2 * * *",
+        max_length=120,
+        pattern=r"^\s*\S+(\s+\S+){4,5}\s*$",
+        description="When the purge runs: crontab fields (minute hour day month weekday,"
+        " weekday 0 or 7 = Sunday), optionally with a leading seconds field",
+    )
+    scheduler_checkpoint_minutes: float = Field(
+        5.0, ge=0.05, le=60, description="Interval of signed ledger checkpoints"
+    )
+    scheduler_expiry_minutes: float = Field(
+        1.0, ge=0.05, le=60, description="Interval of the expiry of grants and security holds"
+    )
+    scheduler_sweep_cron: str = Field(
+        "0 4 * * *",
+        max_length=120,
+        pattern=r"^\s*\S+(\s+\S+){4,5}\s*$",
+        description="When the integrity sweep runs (same form as the purge cron)",
+    )
+    scheduler_sweep_sample: int = Field(
+        200, ge=1, le=1_000_000, description="Stored segments decrypted and re-hashed per sweep"
+    )
+    scheduler_misfire_grace_hours: float = Field(
+        6.0,
+        gt=0,
+        le=24,
+        description="A job that could not start on time still runs if this late (once)",
+    )
+    scheduler_lease_poll_seconds: float = Field(
+        5.0,
+        ge=0.05,
+        le=300,
+        description="How often a waiting scheduler tries the lease and the holder checks it",
+    )
 
     @model_validator(mode="after")
     def _s3_credentials(self) -> Settings:
