@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -771,3 +771,27 @@ def test_verify_run_notices_a_tombstone_deleted_behind_our_back(vault: Vault) ->
     assert any("tombstones" in p for p in verdict.problems)
     with pytest.raises(NotFound):
         verify_run(vault.ctx, str(uuid.uuid4()), [vault.key.public])
+
+
+# -- check understands purged rows -------------------------------------------------------------
+
+
+def test_check_flags_a_purge_that_is_not_what_it_claims(vault: Vault) -> None:
+    segments = vault.record("cam-a", T0, 3)
+    report = vault.purge(segments[-1].retention_until)
+    assert report.purged == 3 and run_check(vault.ctx).ok
+    # An object comes back under a purged segment's key (restored from a backup, say) ...
+    vault.ctx.store.put(segments[0].object_key, b"restored", {})
+    vault.ctx.store.put(segments[1].thumb_key or "", b"restored", {})
+    # ... and a purged row keeps a wrapped data key (the erase did not happen).
+    with unit_of_work(vault.ctx.engine) as session:
+        row = session.get(Segment, segments[2].id)
+        assert row is not None
+        row.wrapped_dek = b"\x00" * 40
+        session.add(row)
+    found = sorted((v.kind, v.target) for v in run_check(vault.ctx).violations)
+    assert found == sorted([
+        ("purged-object-present", segments[0].object_key),
+        ("purged-object-present", segments[1].thumb_key or ""),
+        ("purge-unproven", f"segment:{segments[2].id}"),
+    ])
