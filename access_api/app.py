@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from access_api import problems
 from access_api.deps import ApiServices
-from access_api.routes import access, audit, auth, footage, users
+from access_api.routes import access, audit, auth, footage, retention, users
 
 __all__ = ["create_app"]
 
@@ -65,7 +65,7 @@ def create_app(
     )
     app.state.services = services
     problems.install(app)
-    for module in (auth, access, footage, audit, users):
+    for module in (auth, access, footage, audit, users, retention):
         app.include_router(module.router)
     app.add_middleware(_SecurityHeaders)
     return app

@@ -59,6 +59,7 @@ __all__ = [
     "active_hold_rows",
     "active_holds",
     "apply_change",
+    "camera_sites",
     "expire_security_holds",
     "get_hold",
     "hold_new_segment",

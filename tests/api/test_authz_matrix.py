@@ -25,6 +25,8 @@ PURPOSES = (
 )
 VIEWERS = {"operator", "supervisor", "legal", "privacy-officer"}
 HOLDER = "operator-tokyo"
+HOLD_PLACER = "legal-tokyo"
+RETENTION_READERS = ("privacy-officer", "auditor", "admin")
 FROM, TO = (T0 + 1 * S).isoformat(), (T0 + 12 * S).isoformat()
 
 
@@ -82,6 +84,50 @@ def _user_admin(verb: str) -> Callable[[Api, str | None, Fixtures, str], int]:
 
 def _login(api: Api, _user: str | None, _fx: Fixtures, _purpose: str) -> int:
     return api.login("auditor-tokyo").status_code
+
+
+def _place_hold(api: Api, user: str | None, _fx: Fixtures, _purpose: str) -> int:
+    # Each role asks for the kind it could place: supervisors security holds, others legal.
+    security = user is not None and user.startswith("supervisor-")
+    return api.post("/holds", user, {
+        "kind": "security" if security else "legal", "cameras": ["cam-a"],
+        "start": T0.isoformat(), "end": (T0 + 13 * S).isoformat(),
+        "reason": "litigation over the gate 2 incident", "warrant_ref": "W-1",
+        **({"expires_at": (T0 + 30 * 24 * 3600 * S).isoformat()} if security else {}),
+    }).status_code
+
+
+def _release_hold(api: Api, user: str | None, _fx: Fixtures, _purpose: str) -> int:
+    placed = api.post("/holds", HOLD_PLACER, {
+        "kind": "legal", "cameras": ["cam-a"], "start": T0.isoformat(),
+        "end": (T0 + 13 * S).isoformat(), "reason": "litigation over the gate 2 incident",
+    })
+    assert placed.status_code == 201, placed.text
+    hold = placed.json()["id"]
+    return api.post(f"/holds/{hold}/release", user, {"reason": "case settled"}).status_code
+
+
+def _put_policy(api: Api, user: str | None, _fx: Fixtures, _purpose: str) -> int:
+    return api.client.put(
+        "/retention-policies/pci", headers=api.as_(user),
+        json={"days": 120, "reason": "PCI scope review 2026"},
+    ).status_code
+
+
+def _expect_place_hold(role: str, site: str, _purpose: str) -> int:
+    if role not in ("legal", "supervisor"):
+        return 403
+    return 201 if site == "tokyo" else 404  # cam-a is outside osaka's sites
+
+
+def _expect_release_hold(role: str, site: str, _purpose: str) -> int:
+    if role == "privacy-officer":
+        return 200  # releases any hold
+    if role in ("operator", "auditor", "admin"):
+        return 403  # no role to release
+    if site != "tokyo":
+        return 404  # the hold's camera is outside the caller's sites
+    return 403  # legal-tokyo placed it (four eyes); supervisors release security holds only
 
 
 def only(*roles: str) -> Callable[[str, str, str], int]:
@@ -161,6 +207,16 @@ ROUTES = [
     Route("POST", "/users/{name}/disable", _user_admin("disable"), only("admin")),
     Route("POST", "/users/{name}/enable", _user_admin("enable"), only("admin")),
     Route("POST", "/users/{name}/unlock", _user_admin("unlock"), only("admin")),
+    Route("POST", "/holds", _place_hold, _expect_place_hold),
+    Route(
+        "GET", "/holds", _get("/holds"),
+        only("supervisor", "legal", "privacy-officer", "auditor"),
+    ),
+    Route("POST", "/holds/{hold_id}/release", _release_hold, _expect_release_hold),
+    Route("GET", "/retention-policies", _get("/retention-policies"), only(*RETENTION_READERS)),
+    Route("PUT", "/retention-policies/{policy_id}", _put_policy, only("privacy-officer")),
+    Route("GET", "/retention/report", _get("/retention/report"), only(*RETENTION_READERS)),
+    Route("GET", "/purge-runs", _get("/purge-runs"), only(*RETENTION_READERS)),
 ]
 
 
