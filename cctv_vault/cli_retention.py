@@ -1,0 +1,162 @@
+"""``cctv-vault retention``: the retention report and retention policy changes.
+
+Registered in :mod:`cctv_vault.cli` as ``app.add_typer(retention_app, name="retention")``.
+
+- ``cctv-vault retention report [--json] [--now ISO]``: per camera, oldest and newest footage,
+  footage past its deadline and not held, held footage and the holds that keep it. Exit 0 when
+  no footage is overdue, 1 when some is (the morning after a purge it must be 0), 2 when the
+  report could not be made.
+- ``cctv-vault retention set-policy ID --days N --reason TEXT [--json]``: change a policy's
+  days, recompute stored footage's deadlines, extend the store's locks; logged to the ledger
+  with the reason, attributed to ``cli:<user>``. Exit 0 done, 1 the catalog changed but some
+  store locks could not be extended (run it again), 2 refused (bad days, unknown policy) or
+  could not run — nothing changed.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from typing import Annotated, NoReturn
+
+import typer
+from pydantic import ValidationError
+
+from cctv_vault.runtime import open_vault
+from vault.db import unit_of_work
+from vault.errors import VaultError
+from vault.policies import change_policy
+from vault.report import RetentionReport, retention_report
+from vault.settings import Settings
+from vault.timerange import parse_instant
+
+__all__ = ["retention_app"]
+
+retention_app = typer.Typer(
+    no_args_is_help=True, help="Retention: the report, and retention policy changes"
+)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        _fail(f"invalid setting CCTV_{where.upper()}: {first['msg']}")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _operator() -> str:
+    """Who ran the command, as the ledger should attribute it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _print_report(report: RetentionReport) -> None:
+    verdict = "OK" if report.ok else f"OVERDUE {report.overdue_segments} segment(s)"
+    typer.echo(f"retention report as of {report.as_of.isoformat()}: {verdict}")
+    for cam in report.cameras:
+        span = (
+            f"{cam.oldest_start.isoformat()} .. {cam.newest_end.isoformat()}"
+            if cam.oldest_start and cam.newest_end else "no footage"
+        )
+        typer.echo(
+            f"{cam.camera_id} ({cam.site_id}) policy {cam.policy_id} {cam.days} d: {span};"
+            f" stored {cam.stored_segments} ({_size(cam.stored_bytes)}),"
+            f" overdue {cam.overdue_segments} ({_size(cam.overdue_bytes)}),"
+            f" held {cam.held_segments} ({_size(cam.held_bytes)},"
+            f" {cam.held_past_deadline} past deadline)"
+            + (f", purging {cam.purging_segments}" if cam.purging_segments else "")
+        )
+        for held in cam.holds:
+            ref = f" warrant {held.warrant_ref}," if held.warrant_ref else ""
+            until = f", expires {held.expires_at.isoformat()}" if held.expires_at else ""
+            typer.echo(
+                f"  held by {held.kind} hold {held.hold_id} ({ref} placed by {held.placed_by}"
+                f"{until}): {held.segments} segment(s), {_size(held.bytes)} - {held.reason}"
+            )
+    last = report.last_purge
+    if last is None:
+        typer.echo("last purge: none")
+    else:
+        typer.echo(
+            f"last purge: {last['id']} {last['state']} started {last['started_at']}"
+            f" purged {last['purged']} held back {last['held_back']} failed {last['failed']}"
+        )
+
+
+@retention_app.command("report")
+def report_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report")] = False,
+    now: Annotated[
+        str | None, typer.Option("--now", help="Report as of this instant (ISO 8601, offset)")
+    ] = None,
+) -> None:
+    """Per camera: oldest/newest footage, overdue (past deadline, not held), held and why."""
+    settings = _settings()
+    try:
+        ctx = open_vault(settings)
+        as_of = parse_instant(now, field="--now") if now else ctx.clock.now()
+        with unit_of_work(ctx.engine) as session:
+            report = retention_report(session, as_of)
+    except VaultError as exc:
+        _fail(exc.message)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        _print_report(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@retention_app.command("set-policy")
+def set_policy_cmd(
+    policy_id: Annotated[str, typer.Argument(metavar="ID", help="Retention policy id")],
+    days: Annotated[int, typer.Option("--days", help="Days kept after a segment's end")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (logged to the ledger)")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result")] = False,
+) -> None:
+    """Change a policy's days: deadlines recomputed, store locks extended, change logged."""
+    settings = _settings()
+    try:
+        ctx = open_vault(settings)
+        result = change_policy(
+            ctx, policy_id, days, reason, _operator(), ctx.clock.now(), role="cli", client="cli"
+        )
+    except VaultError as exc:
+        _fail(exc.message)
+    locks = result.locks
+    complete = locks is not None and locks.complete and not locks.failed
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), sort_keys=True))
+    else:
+        change = result.change
+        typer.echo(
+            f"policy {change.policy_id}: {change.old_days} -> {change.new_days} days;"
+            f" {result.segments} stored segment(s) recomputed"
+        )
+        if locks is not None:
+            typer.echo(
+                f"store locks: extended {locks.extended}, kept longer {locks.kept},"
+                f" unchanged {locks.unchanged}, missing {locks.missing},"
+                f" failed {len(locks.failed)}"
+            )
+        if not complete:
+            typer.echo("some store locks were not extended: run the same command again")
+    raise typer.Exit(0 if complete else 1)
