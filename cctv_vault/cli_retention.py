@@ -11,6 +11,11 @@ Registered in :mod:`cctv_vault.cli` as ``app.add_typer(retention_app, name="rete
   with the reason, attributed to ``cli:<user>``. Exit 0 done, 1 the catalog changed but some
   store locks could not be extended (run it again), 2 refused (bad days, unknown policy) or
   could not run — nothing changed.
+- ``cctv-vault retention sync-store [--json]``: bring the store level with the catalog — legal
+  holds where active holds cover footage (and off where none does any more), retention locks
+  extended to every stored segment's ``retention_until``. For after a crash or a store outage
+  cut a hold's or a policy change's store sync short. Exit 0 level, 1 some objects could not
+  be changed (listed), 2 could not run.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from pydantic import ValidationError
 from cctv_vault.runtime import open_vault
 from vault.db import unit_of_work
 from vault.errors import VaultError
-from vault.policies import change_policy
+from vault.holds import reconcile_legal_holds
+from vault.policies import change_policy, list_policies, sync_retention_locks
 from vault.report import RetentionReport, retention_report
 from vault.settings import Settings
 from vault.timerange import parse_instant
@@ -160,3 +166,35 @@ def set_policy_cmd(
         if not complete:
             typer.echo("some store locks were not extended: run the same command again")
     raise typer.Exit(0 if complete else 1)
+
+
+@retention_app.command("sync-store")
+def sync_store_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result")] = False,
+) -> None:
+    """Bring the store's legal holds and retention locks level with the catalog."""
+    settings = _settings()
+    try:
+        ctx = open_vault(settings)
+        holds = reconcile_legal_holds(ctx)
+        with unit_of_work(ctx.engine) as session:
+            cameras = tuple(c.id for _, cams in list_policies(session) for c in cams)
+        locks = sync_retention_locks(ctx, cameras)
+    except VaultError as exc:
+        _fail(exc.message)
+    level = holds.complete and locks.complete and not holds.failed and not locks.failed
+    if as_json:
+        typer.echo(json.dumps({"legal_holds": holds.to_dict(), "locks": locks.to_dict()},
+                              sort_keys=True))
+    else:
+        typer.echo(
+            f"legal holds: set {holds.held}, removed {holds.released}, kept {holds.kept},"
+            f" unchanged {holds.unchanged}, missing {holds.missing}, failed {len(holds.failed)}"
+        )
+        typer.echo(
+            f"retention locks: extended {locks.extended}, kept longer {locks.kept},"
+            f" unchanged {locks.unchanged}, missing {locks.missing}, failed {len(locks.failed)}"
+        )
+        for key in [*holds.failed, *locks.failed][:20]:
+            typer.echo(f"FAILED {key}")
+    raise typer.Exit(0 if level else 1)

@@ -10,13 +10,14 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from sqlmodel import select
+from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from cctv_vault.cli_retention import retention_app
 from cctv_vault.runtime import open_vault
 from tests.integration.test_cli import T0, data_dir  # noqa: F401  (fixture)
 from vault.db import unit_of_work
+from vault.holds import apply_change, plan_placement
 from vault.models import AuditEvent, RetentionPolicy, Segment
 from vault.settings import Settings
 
@@ -78,3 +79,20 @@ def test_set_policy_below_minimum_is_refused_and_changes_nothing(
         assert list(session.exec(
             select(AuditEvent).where(AuditEvent.action == "retention.change")
         )) == []
+
+
+def test_sync_store_applies_what_a_crash_left_undone(data_dir: Path) -> None:  # noqa: F811
+    ctx = open_vault(Settings(data_dir=data_dir))
+    with unit_of_work(ctx.engine) as session:  # the hold's row committed, its sync never ran
+        apply_change(session, plan_placement(
+            session, kind="legal", cameras=["cam-a"], start=T0, end=T0 + timedelta(minutes=1),
+            reason="preservation letter from counsel", placed_by="legal-1", now=T0,
+        ))
+        segments = list(session.exec(select(Segment).order_by(col(Segment.start))))
+    result = runner.invoke(retention_app, ["sync-store", "--json"])
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.output)
+    assert outcome["legal_holds"]["held"] == 1  # the first segment (it has no thumbnail)
+    assert outcome["locks"]["failed"] == 0
+    held = [ctx.store.head(s.object_key) for s in segments]
+    assert [info.legal_hold if info else None for info in held] == [True, False]
