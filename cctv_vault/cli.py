@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from sqlmodel import col, select
 
 from cctv_vault.cli_audit import audit_app
+from cctv_vault.cli_purge import purge_app
+from cctv_vault.cli_retention import retention_app
 from cctv_vault.cli_users import users_app
 from cctv_vault.runtime import (
     IngestService,
@@ -40,6 +42,8 @@ app.add_typer(segments_app, name="segments")
 app.add_typer(cameras_app, name="cameras")
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
+app.add_typer(purge_app, name="purge")
+app.add_typer(retention_app, name="retention")
 
 log = logging.getLogger("cctv_vault")
 
