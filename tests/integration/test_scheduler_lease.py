@@ -14,14 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from scheduler.lease import FileLease, Lease, PostgresLease, lease_for, lease_key
 from vault.db import make_engine
-
-ONLY_POSTGRES = pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
 
 HOLDER = """
 import sys, time
@@ -92,8 +89,8 @@ def test_kill_9_of_the_holder_frees_the_lease(engine: Engine, tmp_path: Path) ->
                 holder.kill()
 
 
-@ONLY_POSTGRES
-def test_pg_lost_connection_is_a_lost_lease(engine: Engine, tmp_path: Path) -> None:
+def test_pg_lost_connection_is_a_lost_lease(pg_engine: Engine) -> None:
+    engine = pg_engine
     lease, other = PostgresLease(engine), PostgresLease(engine)
     try:
         assert lease.try_acquire()
@@ -119,8 +116,8 @@ def test_pg_lost_connection_is_a_lost_lease(engine: Engine, tmp_path: Path) -> N
         other.release()
 
 
-@ONLY_POSTGRES
-def test_pg_lease_is_per_schema_and_never_returns_to_the_pool(engine: Engine) -> None:
+def test_pg_lease_is_per_schema_and_never_returns_to_the_pool(pg_engine: Engine) -> None:
+    engine = pg_engine
     assert lease_key("t_a") != lease_key("t_b")
     lease = PostgresLease(engine)
     try:

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
+from scheduler.runner import SchedulePlan
 from scheduler.triggers import cron_trigger, owed, previous_fire_time, resolve_timezone
 from vault.errors import ConfigError
 from vault.settings import Settings
@@ -141,6 +142,17 @@ NIGHT = utc(2026, 11, 28, 17, 30)
 )
 def test_owed(last_scheduled: datetime | None, last_run: datetime | None, is_owed: bool) -> None:
     assert owed(last_scheduled, last_run) is is_owed
+
+
+def test_plan_from_settings_validates_at_start() -> None:
+    plan = SchedulePlan.from_settings(Settings())
+    assert plan.timezone.key == "Asia/Tokyo"
+    assert plan.checkpoint_every == timedelta(minutes=5)
+    assert plan.misfire_grace >= timedelta(hours=1)
+    with pytest.raises(ConfigError):
+        SchedulePlan.from_settings(Settings(scheduler_timezone="Asia/Atlantis"))
+    with pytest.raises(ConfigError):
+        SchedulePlan.from_settings(Settings(scheduler_sweep_cron="0 3 * * */2"))
 
 
 @pytest.mark.parametrize(
