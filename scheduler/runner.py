@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -157,8 +158,8 @@ def _iso(value: datetime | None) -> str | None:
 class SchedulerService:
     """One scheduler: waits for the lease, then runs the jobs until stopped or the lease is lost.
 
-    ``run(stop)`` blocks (the ``cctv-vault scheduler`` command); ``start()``/``stop()`` run it
-    on a thread of its own (inside ``cctv-vault up``).
+    ``run(stop)`` blocks (the ``cctv-vault scheduler`` command); ``start()``/``stop()``, or
+    ``with service:``, run it on a thread of its own (inside ``cctv-vault up``).
     """
 
     def __init__(
@@ -210,6 +211,18 @@ class SchedulerService:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def __enter__(self) -> SchedulerService:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
     def run(self, stop: threading.Event) -> None:
         """Block until ``stop`` is set: wait for the lease, hold it and run jobs, repeat."""
         self._writer = LedgerWriter(self.ctx.engine, write_timeout_s=self._ledger_timeout_s)
@@ -232,10 +245,18 @@ class SchedulerService:
                     stop.wait(self.plan.lease_poll_s)
                     continue
                 waiting_said = False
+                broke = False
                 try:
                     self._hold(stop)
+                except Exception:
+                    # Whatever broke (the catalog mid-start, a driver error), give the lease
+                    # up and start over: another scheduler, or this one, takes it again.
+                    log.exception("scheduler %s failed while holding the lease", self.instance)
+                    broke = True
                 finally:
                     self.lease.release()
+                if broke:
+                    stop.wait(self.plan.lease_poll_s)
         finally:
             self._writer.close()
             self._writer = None

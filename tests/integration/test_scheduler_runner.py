@@ -108,8 +108,7 @@ def test_runner_holds_loses_and_retakes_the_lease_then_stops(
         ledger.append(session, at=make_service(engine, tmp_path).ctx.clock.now(), actor="x",
                       role="operator", action="test.event", target="x", decision="allowed")
     service = make_service(engine, tmp_path)
-    service.start()
-    try:
+    with service:
         (first,) = wait_for(lambda: events(engine, LEASE_ACQUIRED_ACTION), 60, "the lease")
         assert json.loads(first.details)["instance"] == "test:1"
         wait_for(service.holding.is_set, 60, "the jobs to be scheduled")
@@ -121,8 +120,6 @@ def test_runner_holds_loses_and_retakes_the_lease_then_stops(
         # Nobody else wants it: the same service takes it again and reschedules.
         wait_for(lambda: events(engine, LEASE_ACQUIRED_ACTION)[1:], 60, "the lease again")
         wait_for(service.holding.is_set, 60, "the jobs to be scheduled again")
-    finally:
-        service.stop(timeout=60)
     assert not service.holding.is_set()
     assert events(engine, LEASE_RELEASED_ACTION)
     # Released for real: another scheduler gets it at once.
