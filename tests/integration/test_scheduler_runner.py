@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
@@ -19,9 +20,11 @@ from sqlmodel import col, select
 from scheduler.jobs import CHECKPOINT_ACTION
 from scheduler.lease import FileLease, PostgresLease, lease_for, lease_key
 from scheduler.runner import (
+    JOB_FAILED_ACTION,
     LEASE_ACQUIRED_ACTION,
     LEASE_LOST_ACTION,
     LEASE_RELEASED_ACTION,
+    PURGE_RETRY,
     SchedulePlan,
     SchedulerService,
 )
@@ -29,10 +32,12 @@ from scheduler.triggers import resolve_timezone
 from vault import ledger
 from vault.crypto import LocalKeyProvider
 from vault.db import unit_of_work
+from vault.errors import Unavailable
 from vault.lifecycle import VaultContext
 from vault.models import AuditEvent
 from vault.signing import SigningKey
 from vault.store.fs import FilesystemStore
+from vault.timerange import utcnow
 
 T = TypeVar("T")
 
@@ -128,3 +133,27 @@ def test_runner_holds_loses_and_retakes_the_lease_then_stops(
         assert other.try_acquire()
     finally:
         other.release()
+
+
+def test_a_failed_purge_is_audited_and_tried_again_soon(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scheduler import jobs
+
+    def catalog_down(*_args: object, **_kwargs: object) -> NoReturn:
+        raise Unavailable("catalog unavailable: OperationalError")
+
+    monkeypatch.setattr(jobs, "run_purge", catalog_down)
+    service = make_service(engine, tmp_path)
+    with service:
+        # A fresh vault owes its first purge: it runs at once, and fails.
+        (failed,) = wait_for(lambda: events(engine, JOB_FAILED_ACTION), 60, "the failure")
+        assert failed.target == "job:purge" and failed.decision == "failed"
+        assert failed.reason == "catalog unavailable: OperationalError"
+        retry = wait_for(
+            lambda: service._scheduler and service._scheduler.get_job("purge-retry"),
+            60,
+            "the retry to be scheduled",
+        )
+        delay = retry.next_run_time - utcnow()
+        assert PURGE_RETRY - timedelta(minutes=1) < delay <= PURGE_RETRY
