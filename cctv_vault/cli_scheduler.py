@@ -19,7 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from cctv_vault.runtime import open_vault
-from scheduler.runner import SchedulerService
+from scheduler.runner import SchedulePlan, SchedulerService
 from vault.errors import VaultError
 from vault.settings import Settings
 
@@ -57,6 +57,7 @@ def scheduler(
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     settings = _settings()
     try:
+        SchedulePlan.from_settings(settings)  # a bad zone or cron stops here, before any I/O
         ctx = open_vault(settings)
         service = SchedulerService.from_settings(ctx, settings)
     except VaultError as exc:
