@@ -39,6 +39,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from vault import ledger
 from vault.db import unit_of_work
@@ -109,7 +110,7 @@ def is_active(hold: Hold, now: datetime) -> bool:
     return hold.expires_at is None or as_utc(hold.expires_at) > as_utc(now)
 
 
-def _active_stmt(now: datetime) -> Any:
+def _active_stmt(now: datetime) -> SelectOfScalar[Hold]:
     now = as_utc(now)
     return (
         select(Hold)
