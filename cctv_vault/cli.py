@@ -18,6 +18,7 @@ from sqlmodel import col, select
 from cctv_vault.cli_audit import audit_app
 from cctv_vault.cli_purge import purge_app
 from cctv_vault.cli_retention import retention_app
+from cctv_vault.cli_scheduler import scheduler
 from cctv_vault.cli_users import users_app
 from cctv_vault.runtime import (
     IngestService,
@@ -26,6 +27,7 @@ from cctv_vault.runtime import (
     ensure_demo_users,
     open_vault,
 )
+from scheduler.runner import SchedulerService
 from vault.catalog import gaps_in_range, segments_in_range
 from vault.check import run_check
 from vault.config import load_config
@@ -44,6 +46,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
 app.add_typer(purge_app, name="purge")
 app.add_typer(retention_app, name="retention")
+app.command(name="scheduler")(scheduler)
 
 log = logging.getLogger("cctv_vault")
 
@@ -58,6 +61,8 @@ def _setup_logging() -> None:
     )
     # libav's own chatter goes through Python logging in PyAV; keep only errors.
     logging.getLogger("libav").setLevel(logging.ERROR)
+    # One INFO line per job run is noise; our jobs log their own outcome.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _settings() -> Settings:
@@ -74,23 +79,27 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _record(config_path: Path, duration: float | None, *, serve_api: bool = False) -> None:
+def _record(config_path: Path, duration: float | None, *, all_roles: bool = False) -> None:
+    """Recording alone (``ingest``), or every role in this process (``up``): recording, the
+    scheduler (purge, checkpoints, sweep, expiry; waits for its lease) and the access API."""
     _setup_logging()
     settings = _settings()
     try:
         config = load_config(config_path)
         ctx = open_vault(settings)
         service = IngestService(ctx, config, settings)
+        jobs = SchedulerService.from_settings(ctx, settings) if all_roles else None
         service.start()
     except VaultError as exc:
         _fail(exc.message)
     try:
-        if serve_api:
-            credentials = ensure_demo_users(ctx, settings)
-            if credentials is not None:
-                log.info("demo users and their passwords are in %s", credentials)
-            api, _writer = build_api(settings, ctx)
-            _serve(api, settings.api_host, settings.api_port, duration)
+        if jobs is not None:
+            with jobs:
+                credentials = ensure_demo_users(ctx, settings)
+                if credentials is not None:
+                    log.info("demo users and their passwords are in %s", credentials)
+                api, _writer = build_api(settings, ctx)
+                _serve(api, settings.api_host, settings.api_port, duration)
         else:
             service.wait(duration)
     finally:
@@ -123,8 +132,9 @@ def up(
         float | None, typer.Option(help="Stop after this many seconds (default: run until ^C)")
     ] = None,
 ) -> None:
-    """Run every role in one process on the embedded default: recording and the access API."""
-    _record(config or default_demo_config(), duration, serve_api=True)
+    """Run every role in one process on the embedded default: recording, the scheduler and
+    the access API."""
+    _record(config or default_demo_config(), duration, all_roles=True)
 
 
 @app.command()
