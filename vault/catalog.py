@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -20,6 +21,8 @@ from vault.models import (
     Site,
 )
 from vault.timerange import TimeRange, as_utc, utcnow
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "camera_or_404",
@@ -56,16 +59,47 @@ def sync_config(
     for site in config.sites:
         session.merge(Site(id=site.id, name=site.name, timezone=site.timezone))
     for pol in config.retention_policies:
-        session.merge(
-            RetentionPolicy(
-                id=pol.id,
-                days=pol.days,
-                min_days=pol.min_days,
-                max_days=pol.max_days,
-                basis=pol.basis,
-                effective_from=pol.effective_from,
+        existing = session.get(RetentionPolicy, pol.id)
+        if existing is None:
+            session.add(
+                RetentionPolicy(
+                    id=pol.id,
+                    days=pol.days,
+                    min_days=pol.min_days,
+                    max_days=pol.max_days,
+                    basis=pol.basis,
+                    effective_from=pol.effective_from,
+                )
             )
-        )
+            continue
+        # A policy that exists is changed only by the privacy officer (`retention set-policy`
+        # or PUT /retention-policies/ID): that path recomputes deadlines, moves locks and
+        # records the reason. A config file that says otherwise is reported, not obeyed.
+        differs = {
+            name: {"catalog": getattr(existing, name), "config": getattr(pol, name)}
+            for name in ("days", "min_days", "max_days")
+            if getattr(existing, name) != getattr(pol, name)
+        }
+        if differs:
+            log.warning(
+                "retention policy %s in the config differs from the catalog (%s); the catalog "
+                "stands: change it with `cctv-vault retention set-policy`",
+                pol.id,
+                ", ".join(f"{k} {v['catalog']} vs {v['config']}" for k, v in differs.items()),
+            )
+            ledger.append(
+                session,
+                at=when,
+                actor="system:config",
+                role="system",
+                action="retention.config_ignored",
+                target=f"retention-policy:{pol.id}",
+                decision="refused",
+                reason="existing policies change only through the privacy officer",
+                details=differs,
+            )
+        existing.basis = pol.basis
+        session.add(existing)
     session.flush()
     known = {c.id for c in config.cameras}
     for cam in config.cameras:

@@ -13,7 +13,7 @@ from vault import ledger
 from vault.catalog import sync_config
 from vault.config import parse_config
 from vault.db import unit_of_work
-from vault.models import AuditEvent
+from vault.models import AuditEvent, RetentionPolicy
 
 AT = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
 
@@ -45,3 +45,21 @@ def test_added_changed_disabled_and_unchanged(engine: Engine) -> None:
     assert _camera_events(engine)[-1] == ("camera.changed", "camera:cam-a", ["enabled"])
     with unit_of_work(engine) as session:
         assert ledger.verify_chain(session) is None
+
+
+def test_a_config_does_not_change_an_existing_retention_policy(engine: Engine) -> None:
+    with unit_of_work(engine) as session:
+        sync_config(session, parse_config(CONFIG), {}, at=AT)
+    shorter = CONFIG.replace("days = 90\nmin_days = 90", "days = 30\nmin_days = 30")
+    assert shorter != CONFIG
+    with unit_of_work(engine) as session:
+        sync_config(session, parse_config(shorter), {}, at=AT)
+    with unit_of_work(engine) as session:
+        policy = session.get(RetentionPolicy, "pci")
+        ignored = list(session.exec(
+            select(AuditEvent).where(AuditEvent.action == "retention.config_ignored")
+        ))
+    assert policy is not None and (policy.days, policy.min_days) == (90, 90)
+    assert [json.loads(e.details) for e in ignored] == [
+        {"days": {"catalog": 90, "config": 30}, "min_days": {"catalog": 90, "config": 30}}
+    ]
