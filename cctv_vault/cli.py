@@ -7,15 +7,15 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 import uvicorn
 from fastapi import FastAPI
-from pydantic import ValidationError
 from sqlmodel import col, select
 
 from cctv_vault.cli_audit import audit_app
+from cctv_vault.cli_common import fail, load_settings
 from cctv_vault.cli_purge import purge_app
 from cctv_vault.cli_retention import retention_app
 from cctv_vault.cli_scheduler import scheduler
@@ -34,7 +34,6 @@ from vault.config import load_config
 from vault.db import unit_of_work
 from vault.errors import VaultError
 from vault.models import Camera, CameraStatus
-from vault.settings import Settings
 from vault.timerange import TimeRange, parse_instant
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CCTV footage vault")
@@ -65,25 +64,15 @@ def _setup_logging() -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        _fail(f"invalid setting CCTV_{where.upper()}: {first['msg']}")
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _record(config_path: Path, duration: float | None, *, all_roles: bool = False) -> None:
     """Recording alone (``ingest``), or every role in this process (``up``): recording, the
     scheduler (purge, checkpoints, sweep, expiry; waits for its lease) and the access API."""
     _setup_logging()
-    settings = _settings()
+    settings = load_settings()
     try:
         config = load_config(config_path)
         ctx = open_vault(settings)
@@ -91,7 +80,7 @@ def _record(config_path: Path, duration: float | None, *, all_roles: bool = Fals
         jobs = SchedulerService.from_settings(ctx, settings) if all_roles else None
         service.start()
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     try:
         if jobs is not None:
             with jobs:
@@ -145,13 +134,13 @@ def api(
 ) -> None:
     """Serve the access API (stateless: run as many replicas as needed)."""
     _setup_logging()
-    settings = _settings()
+    settings = load_settings()
     host = host or settings.api_host
     port = port or settings.api_port
     try:
         open_vault(settings)  # migrate and check the store once, before workers start
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     log.info("access API on http://%s:%d with %d worker(s)", host, port, workers)
     uvicorn.run(
         "cctv_vault.runtime:api_app_from_env",
@@ -179,7 +168,7 @@ def check(
     quick: Annotated[bool, typer.Option("--quick", help="Skip decrypting and re-hashing")] = False,
 ) -> None:
     """Verify that catalog and object store agree (I6). Exit 1 on any violation."""
-    settings = _settings()
+    settings = load_settings()
     try:
         ctx = open_vault(settings)
         from ingest.spool import Spool
@@ -187,7 +176,7 @@ def check(
         pending = Spool(settings.resolved_spool_dir, settings.spool_max_bytes).pending_ids()
         report = run_check(ctx, quick=quick, pending_ids=pending)
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     if as_json:
         typer.echo(report.to_json())
     else:
@@ -210,7 +199,7 @@ def segments_list(
     gaps: Annotated[bool, typer.Option("--gaps", help="Also list gaps")] = False,
 ) -> None:
     """List segment metadata of one camera in [from, to)."""
-    settings = _settings()
+    settings = load_settings()
     try:
         window = TimeRange(parse_instant(start, field="--from"), parse_instant(end, field="--to"))
         ctx = open_vault(settings)
@@ -218,7 +207,7 @@ def segments_list(
             rows = segments_in_range(session, camera, window)
             gap_rows = gaps_in_range(session, camera, window) if gaps else []
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     for seg in rows:
         record = {
             "id": seg.id,
@@ -256,14 +245,14 @@ def cameras_status(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
 ) -> None:
     """Health of every camera as last reported by its recorder."""
-    settings = _settings()
+    settings = load_settings()
     try:
         ctx = open_vault(settings)
         with unit_of_work(ctx.engine) as session:
             cams = list(session.exec(select(Camera).order_by(col(Camera.id))))
             statuses = {s.camera_id: s for s in session.exec(select(CameraStatus))}
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     for cam in cams:
         st = statuses.get(cam.id)
         record = {

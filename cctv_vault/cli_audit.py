@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import ValidationError
 
+from cctv_vault.cli_common import fail, load_settings
 from cctv_vault.runtime import open_vault
 from vault.checkpoints import VerifyReport, verify, write_checkpoint
 from vault.errors import ConfigError, VaultError
@@ -36,18 +36,8 @@ PublicKeyOpt = Annotated[
 ]
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        _fail(f"invalid setting CCTV_{where.upper()}: {first['msg']}")
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _trusted_keys(settings: Settings, paths: list[Path] | None) -> list[Ed25519PublicKey]:
@@ -96,12 +86,12 @@ def verify_cmd(
     public_key: PublicKeyOpt = None,
 ) -> None:
     """Recompute the chain, check every checkpoint; exit 1 naming the first bad sequence number."""
-    settings = _settings()
+    settings = load_settings()
     try:
         ctx = open_vault(settings)
         report = verify(ctx.engine, ctx.store, _trusted_keys(settings, public_key))
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), sort_keys=True))
     else:
@@ -112,13 +102,13 @@ def verify_cmd(
 @audit_app.command("checkpoint")
 def checkpoint_cmd() -> None:
     """Sign the chain head now and put the checkpoint, locked, in the object store."""
-    settings = _settings()
+    settings = load_settings()
     try:
         ctx = open_vault(settings)
         key = SigningKey.load_or_create(settings.resolved_ledger_key_file)
         row = write_checkpoint(ctx.engine, ctx.store, key, ctx.clock)
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     if row is None:
         typer.echo("nothing to checkpoint: the ledger is empty or its head is already signed")
     else:
@@ -128,9 +118,9 @@ def checkpoint_cmd() -> None:
 @audit_app.command("public-key")
 def public_key_cmd() -> None:
     """Print the checkpoint public key (PEM) to hand to auditors for offline verification."""
-    settings = _settings()
+    settings = load_settings()
     try:
         key = SigningKey.load_or_create(settings.resolved_ledger_key_file)
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     typer.echo(key.public_pem().decode(), nl=False)

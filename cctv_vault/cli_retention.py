@@ -20,21 +20,18 @@ Registered in :mod:`cctv_vault.cli` as ``app.add_typer(retention_app, name="rete
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
+from cctv_vault.cli_common import fail, load_settings, operator
 from cctv_vault.runtime import open_vault
 from vault.db import unit_of_work
 from vault.errors import VaultError
 from vault.holds import reconcile_legal_holds
 from vault.policies import change_policy, list_policies, sync_retention_locks
 from vault.report import RetentionReport, retention_report
-from vault.settings import Settings
 from vault.timerange import parse_instant
 
 __all__ = ["retention_app"]
@@ -44,26 +41,10 @@ retention_app = typer.Typer(
 )
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        _fail(f"invalid setting CCTV_{where.upper()}: {first['msg']}")
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
-def _operator() -> str:
-    """Who ran the command, as the ledger should attribute it."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid-{os.getuid()}"
 
 
 def _size(count: int) -> str:
@@ -116,14 +97,14 @@ def report_cmd(
     ] = None,
 ) -> None:
     """Per camera: oldest/newest footage, overdue (past deadline, not held), held and why."""
-    settings = _settings()
+    settings = load_settings()
     try:
         ctx = open_vault(settings)
         as_of = parse_instant(now, field="--now") if now else ctx.clock.now()
         with unit_of_work(ctx.engine) as session:
             report = retention_report(session, as_of)
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), sort_keys=True))
     else:
@@ -139,14 +120,14 @@ def set_policy_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result")] = False,
 ) -> None:
     """Change a policy's days: deadlines recomputed, store locks extended, change logged."""
-    settings = _settings()
+    settings = load_settings()
     try:
         ctx = open_vault(settings)
         result = change_policy(
-            ctx, policy_id, days, reason, _operator(), ctx.clock.now(), role="cli", client="cli"
+            ctx, policy_id, days, reason, operator(), ctx.clock.now(), role="cli", client="cli"
         )
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     locks = result.locks
     complete = locks is not None and locks.complete and not locks.failed
     if as_json:
@@ -173,7 +154,7 @@ def sync_store_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result")] = False,
 ) -> None:
     """Bring the store's legal holds and retention locks level with the catalog."""
-    settings = _settings()
+    settings = load_settings()
     try:
         ctx = open_vault(settings)
         holds = reconcile_legal_holds(ctx)
@@ -181,7 +162,7 @@ def sync_store_cmd(
             cameras = tuple(c.id for _, cams in list_policies(session) for c in cams)
         locks = sync_retention_locks(ctx, cameras)
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     level = holds.complete and locks.complete and not holds.failed and not locks.failed
     if as_json:
         typer.echo(json.dumps({"legal_holds": holds.to_dict(), "locks": locks.to_dict()},

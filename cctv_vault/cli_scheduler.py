@@ -13,33 +13,22 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
+from cctv_vault.cli_common import fail, load_settings
 from cctv_vault.runtime import open_vault
 from scheduler.runner import SchedulePlan, SchedulerService
 from vault.errors import VaultError
-from vault.settings import Settings
 
 __all__ = ["scheduler"]
 
 log = logging.getLogger("cctv_vault")
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        _fail(f"invalid setting CCTV_{where.upper()}: {first['msg']}")
 
 
 def scheduler(
@@ -55,13 +44,13 @@ def scheduler(
     )
     # APScheduler says "Running job ..." at INFO for every run; our jobs log their decisions.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    settings = _settings()
+    settings = load_settings()
     try:
         SchedulePlan.from_settings(settings)  # a bad zone or cron stops here, before any I/O
         ctx = open_vault(settings)
         service = SchedulerService.from_settings(ctx, settings)
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     stop = threading.Event()
 
     def _signal(_signum: int, _frame: FrameType | None) -> None:

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from sqlmodel import Session
 
 from access_api.policy import Role
 from access_api.principals import add_user, list_users, set_disabled, set_password, unlock
+from cctv_vault.cli_common import fail, load_settings, operator
 from cctv_vault.runtime import open_vault
 from vault import ledger
 from vault.db import unit_of_work
 from vault.errors import VaultError
 from vault.models import Principal
-from vault.settings import Settings
 from vault.timerange import utcnow
 
 __all__ = ["users_app"]
@@ -37,17 +36,8 @@ PasswordStdin = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
-def _operator() -> str:
-    """Who ran the command, as the ledger should attribute it."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid-{os.getuid()}"
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -55,14 +45,14 @@ def _read_password(from_stdin: bool) -> str:
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass("password: ")
     if first != getpass.getpass("again: "):
-        _fail("the two passwords differ")
+        fail("the two passwords differ")
     return first
 
 
 def _change(
     action: str, name: str, apply: Callable[[Session], Principal], details: dict[str, object]
 ) -> Principal:
-    settings = Settings()
+    settings = load_settings()
     try:
         ctx = open_vault(settings)
         with unit_of_work(ctx.engine) as session:
@@ -71,7 +61,7 @@ def _change(
             ledger.append(
                 session,
                 at=ctx.clock.now(),
-                actor=_operator(),
+                actor=operator(),
                 role="admin",
                 action=action,
                 target=f"user:{name}",
@@ -80,7 +70,7 @@ def _change(
                 details=details,
             )
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     return user
 
 
@@ -136,13 +126,13 @@ def users_unlock(name: str) -> None:
 
 @users_app.command("list")
 def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    settings = Settings()
+    settings = load_settings()
     try:
         ctx = open_vault(settings)
         with unit_of_work(ctx.engine) as session:
             rows = list_users(session)
     except VaultError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     for u in rows:
         roles: list[str] = json.loads(u.roles)
         sites: list[str] = json.loads(u.sites)
