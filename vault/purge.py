@@ -42,6 +42,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -64,7 +65,7 @@ from vault.lifecycle import VaultContext
 from vault.models import AuditEvent, PurgeRun, Segment, SegmentState, Tombstone
 from vault.retention import MAX_BATCH, DueSegment, HeldBack, HoldScope, plan
 from vault.signing import SigningKey, load_public_key, public_key_id, verify_signature
-from vault.store.base import MAX_DELETE_BATCH
+from vault.store.base import MAX_DELETE_BATCH, DeleteFailure
 from vault.timerange import TimeRange, as_utc
 
 __all__ = [
@@ -98,8 +99,17 @@ CERTIFICATE_PREFIX = "ledger/certificates/"
 CERTIFICATE_FORMAT = "cctv-vault/deletion-certificate/v1"
 ACTOR = "system:purge"
 PURPOSE = "retention"
-_PLAN_CHUNK = 5000  # due rows read (and planned) per query
-_PG_LOCK_KEY = 0x7075726765  # "purge"
+_PLAN_CHUNK = 20_000  # due rows read (and planned) per query
+# Concurrent store calls per batch. S3 round trips overlap; the filesystem store serialises its
+# deletes on its own lock, so there they only cost a thread hand-off per slice.
+_STORE_WORKERS = 8
+_MIN_DELETE_CALL = 125
+_MIN_HEAD_CALL = 250
+# Advisory lock (class "purg", object = the schema): one purge per catalog, and catalogs in
+# other schemas of the same database (tests, several vaults) do not exclude each other.
+_PG_LOCK_KEY = 0x70757267
+_PG_LOCK = "SELECT pg_try_advisory_lock(:k, hashtext(current_schema()))"
+_PG_UNLOCK = "SELECT pg_advisory_unlock(:k, hashtext(current_schema()))"
 _DETAIL_MAX = 2000  # purge_run.detail width
 _memory_lock = threading.Lock()  # in-memory SQLite: one process, so one lock is enough
 
@@ -322,9 +332,7 @@ def _exclusive(engine: Engine) -> Iterator[None]:
     busy = Conflict("another purge is running; try again when it has finished")
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            got = conn.execute(
-                text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_LOCK_KEY}
-            ).scalar()
+            got = conn.execute(text(_PG_LOCK), {"k": _PG_LOCK_KEY}).scalar()
             conn.commit()
             if not got:
                 raise busy
@@ -332,7 +340,7 @@ def _exclusive(engine: Engine) -> Iterator[None]:
                 yield
             finally:
                 with contextlib.suppress(Exception):  # a dead session has released it already
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+                    conn.execute(text(_PG_UNLOCK), {"k": _PG_LOCK_KEY})
                     conn.commit()
         return
     database = engine.url.database
@@ -424,6 +432,7 @@ class _Run:
         self.purged = 0
         self.purged_bytes = 0
         self.started_at = self._now()
+        self._pool: ThreadPoolExecutor  # store calls in parallel, for the length of the run
 
     def _now(self) -> datetime:
         return as_utc(self.ctx.clock.now(), field="clock")
@@ -443,8 +452,9 @@ class _Run:
             "purge run started run=%s trigger=%s as_of=%s", self.id, self.trigger, _iso(self.as_of)
         )
         try:
-            self._resume_purging()
-            self._purge_due()
+            with ThreadPoolExecutor(_STORE_WORKERS, thread_name_prefix="purge") as self._pool:
+                self._resume_purging()
+                self._purge_due()
         except Exception as exc:
             error = exc.message if isinstance(exc, VaultError) else type(exc).__name__
             log.error("purge run failed run=%s error=%s", self.id, error)
@@ -517,6 +527,8 @@ class _Run:
             if not rows:
                 return
             cursor = (rows[-1].retention_until, rows[-1].id)
+            # Batches in key order: each touches few directories (filesystem) or prefixes (S3).
+            rows.sort(key=lambda r: r.object_key)
             decided = plan([_due(r) for r in rows], holds, self.as_of, self.batch_size)
             self.tallies.held(decided.held)
             with unit_of_work(self.ctx.engine) as session:
@@ -541,7 +553,7 @@ class _Run:
                 .where(col(Segment.id).in_(ids))
                 .where(col(Segment.state) == SegmentState.STORED)
                 .where(col(Segment.retention_until) <= self.as_of)
-                .order_by(col(Segment.retention_until), col(Segment.id)),
+                .order_by(col(Segment.object_key)),
             )
             marked: list[_Row] = []
             for row in rows:
@@ -566,27 +578,24 @@ class _Run:
         """Steps 2-4 for rows already ``purging``: delete, verify, erase and record (commit)."""
         if not rows and not revert:
             return
-        store = self.ctx.store
         refused: dict[str, Refusal] = {}  # object refused: the row goes back to stored
         incomplete: dict[str, Refusal] = {}  # object gone, not all else: stays purging
         by_key = {r.object_key: r for r in rows}
-        for chunk in _chunks([r.object_key for r in rows], MAX_DELETE_BATCH):
-            for failure in store.delete_many(chunk):
-                row = by_key[failure.key]
-                refused[row.id] = Refusal(row.id, failure.key, failure.reason)
+        for failure in self._delete([r.object_key for r in rows]):
+            row = by_key[failure.key]
+            refused[row.id] = Refusal(row.id, failure.key, failure.reason)
         deleted = [r for r in rows if r.id not in refused]
         by_thumb = {r.thumb_key: r for r in deleted if r.thumb_key}
-        for chunk in _chunks(list(by_thumb), MAX_DELETE_BATCH):
-            for failure in store.delete_many(chunk):
-                row = by_thumb[failure.key]
-                incomplete[row.id] = Refusal(row.id, failure.key, failure.reason)
+        for failure in self._delete(list(by_thumb)):
+            row = by_thumb[failure.key]
+            incomplete[row.id] = Refusal(row.id, failure.key, failure.reason)
+        present = self._present(
+            [k for r in deleted if r.id not in incomplete for k in (r.object_key, r.thumb_key) if k]
+        )
         for row in deleted:
-            if row.id in incomplete:
-                continue
-            for key in filter(None, (row.object_key, row.thumb_key)):
-                if store.head(key) is not None:
-                    incomplete[row.id] = Refusal(row.id, key, "still present after the delete")
-                    break
+            key = next((k for k in (row.object_key, row.thumb_key) if k in present), None)
+            if key is not None and row.id not in incomplete:
+                incomplete[row.id] = Refusal(row.id, key, "still present after the delete")
         done = [r for r in deleted if r.id not in incomplete]
         back = [r.id for r in revert] + list(refused)
         for refusal in (*refused.values(), *incomplete.values()):
@@ -598,6 +607,29 @@ class _Run:
                 refusal.reason,
             )
         self._record(done, back, [*refused.values(), *incomplete.values()], resumed=resumed)
+
+    def _split(self, keys: Sequence[str], smallest: int) -> list[Sequence[str]]:
+        """Up to ``_STORE_WORKERS`` slices of at least ``smallest`` keys (<= 1000 each)."""
+        size = min(MAX_DELETE_BATCH, max(smallest, -(-len(keys) // _STORE_WORKERS)))
+        return list(_chunks(keys, size))
+
+    def _delete(self, keys: Sequence[str]) -> list[DeleteFailure]:
+        """Delete ``keys`` with concurrent ``delete_many`` calls (S3 round trips overlap; the
+        filesystem store serialises them on its own lock)."""
+        slices = self._split(keys, _MIN_DELETE_CALL)
+        if len(slices) <= 1:
+            return [f for part in slices for f in self.ctx.store.delete_many(part)]
+        return [f for part in self._pool.map(self.ctx.store.delete_many, slices) for f in part]
+
+    def _present(self, keys: Sequence[str]) -> set[str]:
+        """The keys a HEAD still finds (step 3: verify they are gone)."""
+        head = self.ctx.store.head
+
+        def still_there(part: Sequence[str]) -> list[str]:
+            return [k for k in part if head(k) is not None]
+
+        slices = self._split(keys, _MIN_HEAD_CALL)
+        return {k for part in self._pool.map(still_there, slices) for k in part}
 
     def _record(
         self, done: Sequence[_Row], back: Sequence[str], failed: Sequence[Refusal], *,

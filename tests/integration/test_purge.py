@@ -320,7 +320,10 @@ def test_batches_of_at_most_batch_size_with_one_ledger_event_each(vault: Vault) 
     assert [len(d["segments"]) for d in details] == [3, 3, 1]
     assert all(e.actor == "system:purge" and e.target == f"purge-run:{report.run_id}"
                for e in events)
-    assert [sid for d in details for sid in d["segments"]] == [s.id for s in segments]
+    listed = [sid for d in details for sid in d["segments"]]
+    assert sorted(listed) == sorted(s.id for s in segments)
+    # Within what is due, batches go in object-key order (few directories or prefixes each).
+    assert listed == [s.id for s in sorted(segments, key=lambda s: s.object_key)]
     assert_proven(vault, report)
 
 
@@ -703,7 +706,7 @@ def test_a_failed_run_records_its_failure_and_what_it_did(
     assert "simulated" in failed.detail
     verdict = verify_run(vault.ctx, failed.id, [vault.key.public])
     assert verdict.ok, verdict.problems
-    assert states(vault.ctx)[segments[2].id] == SegmentState.PURGING
+    assert sorted(states(vault.ctx).values()) == ["purged", "purged", "purging", "purging"]
     assert run_check(vault.ctx).ok
 
     report = vault.purge(segments[-1].retention_until + timedelta(hours=1), batch_size=2)
