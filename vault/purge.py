@@ -82,6 +82,7 @@ __all__ = [
     "RunVerification",
     "certificate_key",
     "parse_certificate",
+    "resume_purge",
     "run_purge",
     "verify_certificate",
     "verify_run",
@@ -410,6 +411,40 @@ def run_purge(
         return _Run(ctx, signing_key, trigger, as_of, batch_size, recovered).execute()
 
 
+def resume_purge(ctx: VaultContext, *, signing_key: SigningKey) -> PurgeReport | None:
+    """At start-up: finish what a crashed purge left (its certificate, its ``purging`` rows),
+    and nothing else; None if nothing was left. The finishing run has trigger ``resume``.
+
+    Raises :class:`Conflict` if a purge is running (then nothing was left by a crash).
+    """
+    with _exclusive(ctx.engine):
+        with unit_of_work(ctx.engine) as session:
+            left = session.exec(
+                select(Segment.id).where(col(Segment.state) == SegmentState.PURGING).limit(1)
+            ).first()
+            running = session.exec(
+                select(PurgeRun.id).where(col(PurgeRun.state) == RunState.RUNNING).limit(1)
+            ).first()
+        if left is None and running is None:
+            return None
+        recovered = _close_interrupted_runs(ctx, signing_key)
+        if left is None:
+            log.info("purge resume closed interrupted runs=%s", ",".join(recovered))
+            now = as_utc(ctx.clock.now(), field="clock")
+            return _empty_report("resume", now, recovered)
+        run = _Run(ctx, signing_key, "resume", as_utc(ctx.clock.now()), MAX_BATCH, recovered)
+        return run.execute(plan_due=False)
+
+
+def _empty_report(trigger: str, now: datetime, recovered: Sequence[str]) -> PurgeReport:
+    return PurgeReport(
+        run_id=None, dry_run=False, trigger=trigger, state=RunState.DONE, as_of=now,
+        started_at=now, finished_at=now, purged=0, purged_bytes=0, resumed=0, held_back=0,
+        failed=(), cameras=(), holds=(), recovered_runs=tuple(recovered),
+        certificate_key=None, certificate_sha256=None,
+    )
+
+
 class _Run:
     def __init__(
         self,
@@ -437,7 +472,7 @@ class _Run:
     def _now(self) -> datetime:
         return as_utc(self.ctx.clock.now(), field="clock")
 
-    def execute(self) -> PurgeReport:
+    def execute(self, *, plan_due: bool = True) -> PurgeReport:
         with unit_of_work(self.ctx.engine) as session:
             session.add(
                 PurgeRun(
@@ -454,7 +489,8 @@ class _Run:
         try:
             with ThreadPoolExecutor(_STORE_WORKERS, thread_name_prefix="purge") as self._pool:
                 self._resume_purging()
-                self._purge_due()
+                if plan_due:
+                    self._purge_due()
         except Exception as exc:
             error = exc.message if isinstance(exc, VaultError) else type(exc).__name__
             log.error("purge run failed run=%s error=%s", self.id, error)

@@ -798,3 +798,28 @@ def test_check_flags_a_purge_that_is_not_what_it_claims(vault: Vault) -> None:
         ("purged-object-present", segments[1].thumb_key or ""),
         ("purge-unproven", f"segment:{segments[2].id}"),
     ])
+
+
+def test_resume_at_start_up_finishes_only_what_a_crash_left(
+    engine: Engine, vault_store: ObjectStore, tmp_path: Path, clock: FixedClock
+) -> None:
+    from vault.purge import resume_purge
+
+    crashing = CrashingStore(vault_store, CRASH_POINTS["after marking, before any delete"])
+    crashing.armed = False
+    vault = make_vault(engine, crashing, tmp_path, clock)
+    assert resume_purge(vault.ctx, signing_key=vault.key) is None  # nothing left: no run
+    first = vault.record("cam-a", T0, 2)
+    later = vault.record("cam-b", T0 + timedelta(days=1), 1)
+    crashing.armed = True
+    with pytest.raises(Crash):
+        vault.purge(first[-1].retention_until)
+    vault.clock.set(later[0].retention_until + timedelta(days=1))  # now cam-b is due too
+
+    report = resume_purge(vault.ctx, signing_key=vault.key)
+    assert report is not None and report.trigger == "resume"
+    assert report.purged == report.resumed == 2 and len(report.recovered_runs) == 1
+    assert states(vault.ctx) == {first[0].id: "purged", first[1].id: "purged",
+                                 later[0].id: "stored"}  # due, but that is the nightly's job
+    assert_proven(vault, report)
+    assert resume_purge(vault.ctx, signing_key=vault.key) is None
