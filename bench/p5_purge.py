@@ -9,7 +9,10 @@ small sealed-size object and a thumbnail, retention ended a month ago, no holds.
   tombstones, one ledger event per batch (commit), then the signed certificate;
 * naive: the cleanup loop of common open-source NVRs — select what expired, then for each
   segment delete its object, delete its thumbnail, delete its row, one transaction each. It
-  writes no tombstone, no ledger, no certificate and verifies nothing.
+  writes no tombstone, no ledger, no certificate and verifies nothing;
+* floor (filesystem only): unlink every file the store keeps for those segments (object and
+  lock sidecar, of segment and thumbnail), one after another, nothing else — what the disk
+  costs, under both contenders (``--no-floor`` skips it).
 
 Each contender runs in a fresh child process (``python -m bench.p5_purge --child ...``) that
 opens the vault from its settings and times only the purge; the parent also records the
@@ -108,6 +111,8 @@ def child(contender: str) -> None:
     if contender == "ours":
         report = run_purge(ctx, signing_key=key, trigger="bench")
         purged, run_id = report.purged, report.run_id
+    elif contender == "floor":
+        purged, run_id = _floor(settings.store_root), None
     else:
         now = datetime.now(UTC)
         with Session(ctx.engine) as session:
@@ -126,6 +131,21 @@ def child(contender: str) -> None:
             purged += 1
     wall = time.perf_counter() - started
     sys.stdout.write(json.dumps({"purged": purged, "wall_s": wall, "run_id": run_id}) + "\n")
+
+
+def _floor(root: Path) -> int:
+    """The disk's part alone: unlink every file the filesystem store keeps for the due
+    segments (object and sidecar, of segment and thumbnail), one after another. No catalog,
+    no lock, no sidecar read: no purge through this store can go faster, ours or naive."""
+    segments = 0
+    for top in ("objects/segments", "objects/thumbs"):
+        for directory, _dirs, files in os.walk(root / top):
+            for name in files:
+                path = Path(directory) / name
+                os.unlink(path)
+                os.unlink(root / "meta" / f"{path.relative_to(root / 'objects')}.json")
+                segments += top.endswith("segments")
+    return segments
 
 
 # -- setup -------------------------------------------------------------------------------------
@@ -241,7 +261,9 @@ def verify(data: Path, backend: Backend, contender: str, expected: int, run_id: 
         purged = session.exec(
             select(func.count()).select_from(Segment).where(col(Segment.state) == "purged")
         ).one()
-    if contender == "naive":
+    if contender == "floor":
+        pass  # no catalog work: only the files (checked above)
+    elif contender == "naive":
         if rows != 0:
             raise SystemExit(f"naive: {rows} rows left")
     else:
@@ -332,7 +354,8 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("CCTV_BENCH_PURGE_DATABASE_URL"),
                         help="catalog URL (default: SQLite in the data dir)")
     parser.add_argument("--strict", action="store_true")
-    parser.add_argument("--child", choices=["ours", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-floor", action="store_true", help="skip the unlink-only floor")
+    parser.add_argument("--child", choices=["ours", "naive", "floor"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child)
@@ -341,7 +364,8 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     if args.segments:
         fs = Backend("fs", args.database_url)
-        results["fs"] = {c: one(c, fs, args.segments, args.cameras) for c in ("ours", "naive")}
+        contenders = ("ours", "naive") if args.no_floor else ("ours", "naive", "floor")
+        results["fs"] = {c: one(c, fs, args.segments, args.cameras) for c in contenders}
     if args.s3_segments:
         with moto_server() as endpoint:
             s3 = Backend("s3", args.database_url, endpoint)
@@ -349,11 +373,12 @@ def main() -> None:
                 c: one(c, s3, args.s3_segments, min(args.cameras, args.s3_segments))
                 for c in ("ours", "naive")
             }
-    rows = [["store", "segments", "ours /s", "naive /s", "ratio"]]
+    rows = [["store", "segments", "ours /s", "naive /s", "ratio", "floor /s (unlink only)"]]
     for store, r in results.items():
         r["ratio"] = r["ours"]["rate"] / r["naive"]["rate"]
+        floor = f"{r['floor']['rate']:,.0f}" if "floor" in r else "-"
         rows.append([store, f"{r['ours']['segments']:,}", f"{r['ours']['rate']:,.0f}",
-                     f"{r['naive']['rate']:,.0f}", f"{r['ratio']:.1f}x"])
+                     f"{r['naive']['rate']:,.0f}", f"{r['ratio']:.1f}x", floor])
     catalog = "PostgreSQL" if args.database_url else "SQLite"
     print(f"\nP5 purge throughput ({catalog} catalog, {args.cameras} cameras, one run):")
     print(table(rows))

@@ -468,11 +468,13 @@ class _Run:
         self.purged_bytes = 0
         self.started_at = self._now()
         self._pool: ThreadPoolExecutor  # store calls in parallel, for the length of the run
+        self.plan_due = True
 
     def _now(self) -> datetime:
         return as_utc(self.ctx.clock.now(), field="clock")
 
     def execute(self, *, plan_due: bool = True) -> PurgeReport:
+        self.plan_due = plan_due
         with unit_of_work(self.ctx.engine) as session:
             session.add(
                 PurgeRun(
@@ -531,8 +533,9 @@ class _Run:
                 covering = _held(holds, row)
                 spared = bool(covering) or row.retention_until > self.as_of
                 if spared and self.ctx.store.head(row.object_key) is not None:
-                    # Back to stored; the plan below sees it again and counts its hold.
                     kept.append(row)
+                    if not self.plan_due:  # else the plan sees it again and counts its hold
+                        self.tallies.held(HeldBack(h, (_due(row),)) for h in covering)
                 else:
                     # Its footage is already gone (or it is simply due): finish the purge.
                     going.append(row)
