@@ -84,6 +84,8 @@ class Spool:
                 continue
             try:
                 yield PendingSegment.from_json(path.read_bytes())
+            except FileNotFoundError:
+                continue  # committed (and removed) by the committer since the listing
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("unreadable spool manifest %s: %s", path.name, exc)
 
@@ -93,7 +95,11 @@ class Spool:
     def gaps(self) -> list[PendingGap]:
         out = []
         for path in sorted(self.root.glob("gap-*.json")):
-            out.append(PendingGap.from_json(path.read_bytes()))
+            try:
+                out.append(PendingGap.from_json(path.read_bytes()))
+            except FileNotFoundError:
+                continue  # committed since the listing
+
         return sorted(out, key=lambda g: g.start)
 
     def pending_ids(self) -> set[str]:
