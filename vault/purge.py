@@ -582,7 +582,7 @@ class _Run:
                 self._execute(marked, resumed=False)
 
     def _mark(self, ids: Sequence[str]) -> list[_Row]:
-        """Step 1 (commit): ``stored`` -> ``purging``, re-checking deadline and holds (P1, P2)."""
+        """Step 7.1 (commit): ``stored`` -> ``purging``, re-checking deadline and holds (P1, P2)."""
         with unit_of_work(self.ctx.engine) as session:
             _begin_write(session)
             holds = active_holds(session, self.as_of)
@@ -614,7 +614,7 @@ class _Run:
         return marked
 
     def _execute(self, rows: Sequence[_Row], *, resumed: bool, revert: Sequence[_Row] = ()) -> None:
-        """Steps 2-4 for rows already ``purging``: delete, verify, erase and record (commit)."""
+        """Steps 7.2-7.5 for rows already ``purging``: delete, verify, erase and record."""
         if not rows and not revert:
             return
         refused: dict[str, Refusal] = {}  # object refused: the row goes back to stored
@@ -661,7 +661,7 @@ class _Run:
         return [f for part in self._pool.map(self.ctx.store.delete_many, slices) for f in part]
 
     def _present(self, keys: Sequence[str]) -> set[str]:
-        """The keys a HEAD still finds (step 3: verify they are gone)."""
+        """The keys a HEAD still finds (step 7.4: verify they are gone)."""
         head = self.ctx.store.head
 
         def still_there(part: Sequence[str]) -> list[str]:
@@ -674,7 +674,7 @@ class _Run:
         self, done: Sequence[_Row], back: Sequence[str], failed: Sequence[Refusal], *,
         resumed: bool,
     ) -> None:
-        """Step 4, one transaction: erase keys, tombstones, ``purged``, counters, ledger."""
+        """Step 7.5, one transaction: erase keys, tombstones, ``purged``, counters, ledger."""
         size = sum(r.bytes for r in done)
         with unit_of_work(self.ctx.engine) as session:
             _begin_write(session)
