@@ -32,6 +32,8 @@ bench: $(STAMP) peers
 	$(BIN)/python -m bench.p2_live_streams
 	$(BIN)/python -m bench.p2_receive_floor
 	CCTV_BENCH_DATABASE_URL=$${CCTV_BENCH_DATABASE_URL:-$(PG_URL)} $(BIN)/python -m bench.p3_ledger_appends
+	CCTV_BENCH_DATABASE_URL=$${CCTV_BENCH_DATABASE_URL:-$(PG_URL)} $(BIN)/python -m bench.p3_access_decisions
+	CCTV_BENCH_DATABASE_URL=$${CCTV_BENCH_DATABASE_URL:-$(PG_URL)} $(BIN)/python -m bench.p4_timeline
 	$(BIN)/python -m bench.p6_playback_ttfb
 
 clean:

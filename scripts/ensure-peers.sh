@@ -6,6 +6,8 @@ need_apt=()
 command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
 # Chromium judges that clips play in a real browser (Media Source Extensions, ranged <video>).
 command -v chromium >/dev/null || need_apt+=(chromium)
+# wrk drives the access API in the P3 benchmark (make bench).
+command -v wrk >/dev/null || need_apt+=(wrk)
 /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' \
   >/dev/null 2>&1 || need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-rtsp)
