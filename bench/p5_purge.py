@@ -313,10 +313,19 @@ def moto_server() -> Iterator[str]:
 # -- main --------------------------------------------------------------------------------------
 
 
-def one(contender: str, backend: Backend, segments: int, cameras: int) -> dict[str, Any]:
+def one(
+    contender: str, backend: Backend, segments: int, cameras: int,
+    store_parent: Path | None = None,
+) -> dict[str, Any]:
     work = OUT / f"work-p5-{contender}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
+    elsewhere = store_parent / work.name if store_parent and backend.store == "fs" else None
     try:
+        if elsewhere is not None:
+            # The store on another filesystem (e.g. tmpfs), the catalog where it always is.
+            elsewhere.mkdir(parents=True)
+            (work / "data").mkdir()
+            (work / "data" / "store").symlink_to(elsewhere)
         if backend.store == "s3":
             backend = Backend("s3", backend.database_url, backend.s3_endpoint,
                               f"p5-{uuid.uuid4().hex[:12]}")
@@ -344,6 +353,8 @@ def one(contender: str, backend: Backend, segments: int, cameras: int) -> dict[s
                 "child_cpu_s": measured.cpu_s, "child_wall_s": measured.wall_s}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if elsewhere is not None:
+            shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 def main() -> None:
@@ -351,6 +362,9 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=100_000, help="0 skips the filesystem")
     parser.add_argument("--cameras", type=int, default=100)
     parser.add_argument("--s3-segments", type=int, default=300, help="0 skips S3")
+    parser.add_argument("--store-parent", type=Path,
+                        help="put the filesystem store under this directory (e.g. /dev/shm)"
+                             " instead of the data dir; the catalog stays in the data dir")
     parser.add_argument("--database-url", default=os.environ.get("CCTV_BENCH_PURGE_DATABASE_URL"),
                         help="catalog URL (default: SQLite in the data dir)")
     parser.add_argument("--strict", action="store_true")
@@ -365,7 +379,9 @@ def main() -> None:
     if args.segments:
         fs = Backend("fs", args.database_url)
         contenders = ("ours", "naive") if args.no_floor else ("ours", "naive", "floor")
-        results["fs"] = {c: one(c, fs, args.segments, args.cameras) for c in contenders}
+        results["fs"] = {
+            c: one(c, fs, args.segments, args.cameras, args.store_parent) for c in contenders
+        }
     if args.s3_segments:
         with moto_server() as endpoint:
             s3 = Backend("s3", args.database_url, endpoint)
@@ -380,7 +396,8 @@ def main() -> None:
         rows.append([store, f"{r['ours']['segments']:,}", f"{r['ours']['rate']:,.0f}",
                      f"{r['naive']['rate']:,.0f}", f"{r['ratio']:.1f}x", floor])
     catalog = "PostgreSQL" if args.database_url else "SQLite"
-    print(f"\nP5 purge throughput ({catalog} catalog, {args.cameras} cameras, one run):")
+    where = f", filesystem store under {args.store_parent}" if args.store_parent else ""
+    print(f"\nP5 purge throughput ({catalog} catalog{where}, {args.cameras} cameras, one run):")
     print(table(rows))
     met = True
     if "fs" in results:
@@ -389,7 +406,9 @@ def main() -> None:
         print(f"target: ours >= {TARGET_RATIO:.0f}x naive and >= {TARGET_RATE:,.0f} segments/s"
               f" on the filesystem store: {'met' if met else 'MISSED'}"
               f" ({ratio:.1f}x, {fs_ours:,.0f}/s)")
-    path = write_result(NAME, {"args": vars(args), "results": results, "machine": machine(),
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    name = NAME if not args.store_parent else f"{NAME}-store-elsewhere"
+    path = write_result(name, {"args": settings, "results": results, "machine": machine(),
                                "targets": {"ratio": TARGET_RATIO, "rate": TARGET_RATE}})
     print(f"result: {path}")
     if args.strict and not met:

@@ -101,9 +101,10 @@ CERTIFICATE_FORMAT = "cctv-vault/deletion-certificate/v1"
 ACTOR = "system:purge"
 PURPOSE = "retention"
 _PLAN_CHUNK = 20_000  # due rows read (and planned) per query
-# Concurrent store calls per batch. S3 round trips overlap; the filesystem store serialises its
-# deletes on its own lock, so there they only cost a thread hand-off per slice.
-_STORE_WORKERS = 8
+# Concurrent store calls per batch, by store: S3 round trips overlap; the filesystem store
+# serialises its deletes on its own lock and its work is CPU under the GIL (measured: 8 threads
+# cost it 12%), so it gets one.
+_STORE_WORKERS = {"s3": 8}
 _MIN_DELETE_CALL = 125
 _MIN_HEAD_CALL = 250
 # Advisory lock (class "purg", object = the schema): one purge per catalog, and catalogs in
@@ -469,6 +470,7 @@ class _Run:
         self.started_at = self._now()
         self._pool: ThreadPoolExecutor  # store calls in parallel, for the length of the run
         self.plan_due = True
+        self.workers = _STORE_WORKERS.get(ctx.store.name, 1)
 
     def _now(self) -> datetime:
         return as_utc(self.ctx.clock.now(), field="clock")
@@ -489,7 +491,7 @@ class _Run:
             "purge run started run=%s trigger=%s as_of=%s", self.id, self.trigger, _iso(self.as_of)
         )
         try:
-            with ThreadPoolExecutor(_STORE_WORKERS, thread_name_prefix="purge") as self._pool:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="purge") as self._pool:
                 self._resume_purging()
                 if plan_due:
                     self._purge_due()
@@ -569,6 +571,7 @@ class _Run:
             # Batches in key order: each touches few directories (filesystem) or prefixes (S3).
             rows.sort(key=lambda r: r.object_key)
             decided = plan([_due(r) for r in rows], holds, self.as_of, self.batch_size)
+            by_id = {r.id: r for r in rows}
             self.tallies.held(decided.held)
             with unit_of_work(self.ctx.engine) as session:
                 session.execute(
@@ -578,40 +581,38 @@ class _Run:
                     .execution_options(synchronize_session=False)
                 )
             for batch in decided.batches:
-                marked = self._mark([s.id for s in batch])
+                marked = self._mark([by_id[s.id] for s in batch])
                 self._execute(marked, resumed=False)
 
-    def _mark(self, ids: Sequence[str]) -> list[_Row]:
-        """Step 7.1 (commit): ``stored`` -> ``purging``, re-checking deadline and holds (P1, P2)."""
+    def _mark(self, batch: Sequence[_Row]) -> list[_Row]:
+        """Step 7.1 (commit): ``stored`` -> ``purging``, re-checking deadline and holds (P1, P2).
+
+        The update's own conditions decide (still stored, still due: a policy lengthened since
+        the plan wins); the rows it returns are the ones marked.
+        """
         with unit_of_work(self.ctx.engine) as session:
             _begin_write(session)
             holds = active_holds(session, self.as_of)
-            rows = _rows(
-                session,
-                sa_select(*_ROW_COLUMNS)
-                .where(col(Segment.id).in_(ids))
-                .where(col(Segment.state) == SegmentState.STORED)
-                .where(col(Segment.retention_until) <= self.as_of)
-                .order_by(col(Segment.object_key)),
-            )
-            marked: list[_Row] = []
-            for row in rows:
+            unheld: list[_Row] = []
+            for row in batch:
                 covering = _held(holds, row)
                 if covering:  # a hold placed since the plan was made wins
                     self.tallies.held(HeldBack(h, (_due(row),)) for h in covering)
                 else:
-                    marked.append(row)
-            if marked:
-                result = session.execute(
-                    update(Segment)
-                    .where(col(Segment.id).in_([r.id for r in marked]))
-                    .where(col(Segment.state) == SegmentState.STORED)
-                    .values(state=SegmentState.PURGING)
-                    .execution_options(synchronize_session=False)
-                )
-                if result.rowcount != len(marked):  # type: ignore[attr-defined]
-                    raise Conflict("segments changed state while being marked for purging")
-        return marked
+                    unheld.append(row)
+            if not unheld:
+                return []
+            result = session.execute(
+                update(Segment)
+                .where(col(Segment.id).in_([r.id for r in unheld]))
+                .where(col(Segment.state) == SegmentState.STORED)
+                .where(col(Segment.retention_until) <= self.as_of)
+                .values(state=SegmentState.PURGING)
+                .returning(col(Segment.id))
+                .execution_options(synchronize_session=False)
+            )
+            marked = {str(segment_id) for (segment_id,) in result.all()}
+        return [r for r in unheld if r.id in marked]
 
     def _execute(self, rows: Sequence[_Row], *, resumed: bool, revert: Sequence[_Row] = ()) -> None:
         """Steps 7.2-7.5 for rows already ``purging``: delete, verify, erase and record."""
@@ -648,15 +649,15 @@ class _Run:
         self._record(done, back, [*refused.values(), *incomplete.values()], resumed=resumed)
 
     def _split(self, keys: Sequence[str], smallest: int) -> list[Sequence[str]]:
-        """Up to ``_STORE_WORKERS`` slices of at least ``smallest`` keys (<= 1000 each)."""
-        size = min(MAX_DELETE_BATCH, max(smallest, -(-len(keys) // _STORE_WORKERS)))
+        """Up to ``self.workers`` slices of at least ``smallest`` keys (<= 1000 each)."""
+        size = min(MAX_DELETE_BATCH, max(smallest, -(-len(keys) // self.workers)))
         return list(_chunks(keys, size))
 
     def _delete(self, keys: Sequence[str]) -> list[DeleteFailure]:
         """Delete ``keys`` with concurrent ``delete_many`` calls (S3 round trips overlap; the
         filesystem store serialises them on its own lock)."""
         slices = self._split(keys, _MIN_DELETE_CALL)
-        if len(slices) <= 1:
+        if self.workers == 1 or len(slices) <= 1:
             return [f for part in slices for f in self.ctx.store.delete_many(part)]
         return [f for part in self._pool.map(self.ctx.store.delete_many, slices) for f in part]
 
@@ -668,6 +669,8 @@ class _Run:
             return [k for k in part if head(k) is not None]
 
         slices = self._split(keys, _MIN_HEAD_CALL)
+        if self.workers == 1 or len(slices) <= 1:
+            return {k for part in slices for k in still_there(part)}
         return {k for part in self._pool.map(still_there, slices) for k in part}
 
     def _record(
@@ -974,7 +977,9 @@ def _document(statement: Mapping[str, Any], key: SigningKey) -> bytes:
         "key_id": key.key_id,
         "public_key_pem": key.public_pem().decode(),
     }
-    return json.dumps(document, sort_keys=True, indent=1).encode() + b"\n"
+    # Compact: a night's certificate can list 100,000 segments, and only the compact form
+    # goes through the C encoder.
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
 def _put_certificate(
