@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, or_, select
 
 from access_api.policy import (
@@ -41,12 +42,14 @@ __all__ = [
     "RevokePlan",
     "commit_approval",
     "grant_facts",
+    "grant_facts_by_id",
     "list_grants",
     "list_requests",
     "plan_approval",
     "plan_request",
     "plan_revoke",
     "visible_camera",
+    "visible_camera_site",
 ]
 
 MAX_CAMERAS_PER_REQUEST = 32
@@ -58,6 +61,41 @@ def visible_camera(session: Session, principal: PrincipalView, camera_id: str) -
     if camera is None or not principal.covers_site(camera.site_id):
         raise NotFound(f"no camera {camera_id!r}")
     return camera
+
+
+_CAM = Camera.__table__.c  # type: ignore[attr-defined]
+_GRANT = Grant.__table__.c  # type: ignore[attr-defined]
+# Read on every footage call: plain Core statements, compiled once, no ORM objects.
+_CAMERA_SITE = core_select(_CAM.site_id).where(_CAM.id == bindparam("id"))
+_GRANT_FACTS = core_select(
+    _GRANT.id, _GRANT.holder, _GRANT.cameras, _GRANT.start, _GRANT.end, _GRANT.purpose,
+    _GRANT.expires_at, _GRANT.revoked_at,
+).where(_GRANT.id == bindparam("id"))
+
+
+def visible_camera_site(session: Session, principal: PrincipalView, camera_id: str) -> str:
+    """The site of the camera, if it exists within the caller's sites; otherwise the same
+    NotFound as :func:`visible_camera` (I4)."""
+    site = session.connection().execute(_CAMERA_SITE, {"id": camera_id}).scalar()
+    if site is None or not principal.covers_site(site):
+        raise NotFound(f"no camera {camera_id!r}")
+    return str(site)
+
+
+def grant_facts_by_id(session: Session, grant_id: str) -> GrantFacts | None:
+    """What a decision needs to know of a grant, or None if there is no such grant."""
+    row = session.connection().execute(_GRANT_FACTS, {"id": grant_id}).first()
+    if row is None:
+        return None
+    return GrantFacts(
+        id=row.id,
+        holder=row.holder,
+        cameras=frozenset(json.loads(row.cameras)),
+        window=TimeRange(row.start, row.end),
+        purpose=row.purpose,
+        expires_at=as_utc(row.expires_at),
+        revoked=row.revoked_at is not None,
+    )
 
 
 def grant_facts(grant: Grant) -> GrantFacts:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from access_api.auth.passwords import hash_password, verify_password
@@ -61,11 +63,7 @@ def _sites(session: Session, values: Sequence[str]) -> list[str]:
 
 
 def view_of(principal: Principal) -> PrincipalView:
-    return PrincipalView(
-        name=principal.name,
-        roles=frozenset(Role(r) for r in json.loads(principal.roles)),
-        sites=frozenset(json.loads(principal.sites)),
-    )
+    return _view(principal.name, principal.roles, principal.sites)
 
 
 def get_user(session: Session, name: str) -> Principal:
@@ -187,6 +185,24 @@ def authenticate(
     return LoginResult(True, "ok", user)
 
 
+_P = Principal.__table__.c  # type: ignore[attr-defined]
+# Read on every authenticated request: plain Core, compiled once, no ORM object.
+_BY_NAME = core_select(
+    _P.name, _P.roles, _P.sites, _P.disabled, _P.external_subject
+).where(_P.name == bindparam("key"))
+_BY_SUBJECT = core_select(
+    _P.name, _P.roles, _P.sites, _P.disabled, _P.external_subject
+).where(_P.external_subject == bindparam("key"))
+
+
+def _view(name: str, roles: str, sites: str) -> PrincipalView:
+    return PrincipalView(
+        name=name,
+        roles=frozenset(Role(r) for r in json.loads(roles)),
+        sites=frozenset(json.loads(sites)),
+    )
+
+
 def resolve(session: Session, identity: Identity) -> PrincipalView:
     """Turn a verified token identity into who the caller is now (I4: deny by default).
 
@@ -194,20 +210,19 @@ def resolve(session: Session, identity: Identity) -> PrincipalView:
     External: the issuer's claims decide roles and sites, unless an administrator registered
     the subject here, in which case it can be disabled and its sites pinned.
     """
+    conn = session.connection()
     if identity.kind == "local":
-        user = session.exec(select(Principal).where(Principal.name == identity.name)).first()
+        user = conn.execute(_BY_NAME, {"key": identity.name}).first()
         if user is None or user.external_subject is not None:
             raise Unauthenticated("unknown principal")
         if user.disabled:
             raise Unauthenticated("account disabled")
-        return view_of(user)
-    pinned = session.exec(
-        select(Principal).where(Principal.external_subject == identity.subject)
-    ).first()
+        return _view(user.name, user.roles, user.sites)
+    pinned = conn.execute(_BY_SUBJECT, {"key": identity.subject}).first()
     if pinned is not None:
         if pinned.disabled:
             raise Unauthenticated("account disabled")
-        return view_of(pinned)
+        return _view(pinned.name, pinned.roles, pinned.sites)
     roles = frozenset(Role(r) for r in identity.roles if r in Role._value2member_map_)
     if not roles:
         raise Unauthenticated("the identity provider grants no cctv-vault role")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from vault import ledger
@@ -31,6 +34,7 @@ __all__ = [
     "record_status",
     "segments_in_range",
     "sync_config",
+    "timeline",
 ]
 
 
@@ -186,6 +190,73 @@ def gaps_in_range(session: Session, camera_id: str, window: TimeRange) -> list[G
         .order_by(col(Gap.start))
     )
     return list(session.exec(stmt))
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineSegment:
+    """What a timeline shows of a stored segment: never keys, hashes or object names."""
+
+    id: str
+    start: datetime
+    end: datetime
+    bytes: int
+    codec: str
+    width: int
+    height: int
+    has_thumbnail: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineGap:
+    start: datetime
+    end: datetime
+    reason: str
+
+
+_SEG = Segment.__table__.c  # type: ignore[attr-defined]
+_GAP = Gap.__table__.c  # type: ignore[attr-defined]
+
+# Built once: plain Core statements over the columns a timeline answers with, so a lookup
+# reuses one compiled form and builds no ORM objects (half of a lookup's cost otherwise).
+_TIMELINE_SEGMENTS = (
+    core_select(
+        _SEG.id, _SEG.start, _SEG.end, _SEG.bytes, _SEG.codec, _SEG.width, _SEG.height,
+        _SEG.thumb_key,
+    )
+    .where(_SEG.camera_id == bindparam("camera"))
+    .where(_SEG.start >= bindparam("lower"))
+    .where(_SEG.start < bindparam("upper"))
+    .where(_SEG.end > bindparam("begin"))
+    .where(_SEG.state == "stored")
+    .order_by(_SEG.start)
+)
+_TIMELINE_GAPS = (
+    core_select(_GAP.start, _GAP.end, _GAP.reason)
+    .where(_GAP.camera_id == bindparam("camera"))
+    .where(_GAP.start < bindparam("upper"))
+    .where(_GAP.end > bindparam("begin"))
+    .order_by(_GAP.start)
+)
+
+
+def timeline(
+    session: Session, camera_id: str, window: TimeRange
+) -> tuple[list[TimelineSegment], list[TimelineGap]]:
+    """Stored segments and gaps of a camera overlapping ``window``: the same rows as
+    :func:`segments_in_range` and :func:`gaps_in_range`, as light records (metadata only)."""
+    conn = session.connection()
+    params = {
+        "camera": camera_id,
+        "lower": window.start - timedelta(seconds=MAX_SEGMENT_SECONDS),
+        "upper": window.end,
+        "begin": window.start,
+    }
+    segments = [
+        TimelineSegment(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] is not None)
+        for r in conn.execute(_TIMELINE_SEGMENTS, params)
+    ]
+    gaps = [TimelineGap(r[0], r[1], r[2]) for r in conn.execute(_TIMELINE_GAPS, params)]
+    return segments, gaps
 
 
 def record_status(

@@ -32,6 +32,7 @@ LOCAL_ISSUER = "cctv-vault"
 LOCAL_AUDIENCE = "cctv-vault-api"
 _LEEWAY = timedelta(seconds=30)
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub"]
+_VERIFIED_MAX = 10_000  # tokens whose signature and claims this process has checked
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class TokenService:
             if oidc
             else None
         )
+        # token -> (identity, not before, expires): a token's signature, issuer, audience and
+        # algorithm never change, so they are checked once per process; its lifetime is
+        # checked against the clock on every use.
+        self._verified: dict[str, tuple[Identity, datetime, datetime]] = {}
 
     @property
     def key(self) -> SigningKey:
@@ -108,6 +113,18 @@ class TokenService:
         return token, int(self.ttl.total_seconds())
 
     def verify(self, token: str) -> Identity:
+        known = self._verified.get(token)
+        if known is not None:
+            identity, not_before, expires = known
+            self._check_lifetime(self._clock.now(), not_before, expires)
+            return identity
+        identity, not_before, expires = self._verify_once(token)
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[token] = (identity, not_before, expires)
+        return identity
+
+    def _verify_once(self, token: str) -> tuple[Identity, datetime, datetime]:
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
             header = jwt.get_unverified_header(token)
@@ -115,8 +132,11 @@ class TokenService:
             raise Unauthenticated("malformed bearer token") from exc
         issuer = unverified.get("iss")
         if issuer == LOCAL_ISSUER:
-            claims = self._decode(token, self._key.public, ("EdDSA",), LOCAL_AUDIENCE, LOCAL_ISSUER)
-            return Identity(kind="local", subject=str(claims["sub"]), name=str(claims["sub"]))
+            claims, not_before, expires = self._decode(
+                token, self._key.public, ("EdDSA",), LOCAL_AUDIENCE, LOCAL_ISSUER
+            )
+            identity = Identity(kind="local", subject=str(claims["sub"]), name=str(claims["sub"]))
+            return identity, not_before, expires
         if self._oidc is not None and self._jwks is not None and issuer == self._oidc.issuer:
             if header.get("alg") not in self._oidc.algorithms:
                 raise Unauthenticated("token algorithm is not accepted")
@@ -126,24 +146,25 @@ class TokenService:
                 raise Unavailable("the identity provider's keys cannot be fetched") from exc
             except jwt.PyJWTError as exc:
                 raise Unauthenticated("token signed by an unknown key") from exc
-            claims = self._decode(
+            claims, not_before, expires = self._decode(
                 token, signing_key.key, self._oidc.algorithms, self._oidc.audience,
                 self._oidc.issuer,
             )
             subject = str(claims["sub"])
             name = claims.get(self._oidc.name_claim)
-            return Identity(
+            identity = Identity(
                 kind="oidc",
                 subject=f"{self._oidc.issuer}#{subject}",
                 name=name if isinstance(name, str) and name else subject,
                 roles=_string_list(claims.get(self._oidc.roles_claim)),
                 sites=_string_list(claims.get(self._oidc.sites_claim)),
             )
+            return identity, not_before, expires
         raise Unauthenticated("token from an unknown issuer")
 
     def _decode(
         self, token: str, key: Any, algorithms: tuple[str, ...], audience: str, issuer: str
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], datetime, datetime]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -165,11 +186,15 @@ class TokenService:
             not_before = datetime.fromtimestamp(float(nbf), tz=now.tzinfo) if nbf else iat
         except (TypeError, ValueError, OverflowError) as exc:
             raise Unauthenticated("invalid token: bad time claims") from exc
-        if now >= exp + _LEEWAY:
+        self._check_lifetime(now, not_before, exp)
+        return claims, not_before, exp
+
+    @staticmethod
+    def _check_lifetime(now: datetime, not_before: datetime, expires: datetime) -> None:
+        if now >= expires + _LEEWAY:
             raise Unauthenticated("token expired")
         if now + _LEEWAY < not_before:
             raise Unauthenticated("token not valid yet")
-        return claims
 
 
 def _why(exc: jwt.PyJWTError) -> str:

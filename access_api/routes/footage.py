@@ -7,6 +7,7 @@ bytes (I3). A ledger that cannot be written raises ``Unavailable`` before any by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -18,14 +19,15 @@ from sqlmodel import Session
 from starlette.background import BackgroundTask
 
 from access_api.deps import ApiServices, Caller, CameraId, ObjectId, ServicesDep, requires
-from access_api.grants import grant_facts, visible_camera
-from access_api.policy import Action, Decision, FootageFacts, decide
+from access_api.grants import grant_facts_by_id, visible_camera_site
+from access_api.policy import Action, Decision, FootageFacts, GrantFacts, decide
 from access_api.ranges import Unsatisfiable, parse_range
-from vault.catalog import gaps_in_range, segments_in_range
+from vault.catalog import segments_in_range
+from vault.catalog import timeline as catalog_timeline
 from vault.errors import Forbidden, NotFound
 from vault.lifecycle import open_segment_for_playback, read_thumbnail
 from vault.media.playback import open_playback_clip
-from vault.models import Camera, Grant, Segment, SegmentState
+from vault.models import Segment, SegmentState
 from vault.timerange import TimeRange
 
 router = APIRouter(tags=["footage"])
@@ -65,41 +67,61 @@ class TimelineOut(BaseModel):
     gaps: list[GapOut]
 
 
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """What a footage decision needs from the catalog, read inside the request's unit of work.
+
+    The decision and its durable ledger event come after that unit of work has closed, so no
+    catalog connection is held while the ledger commits (a pool of connections each waiting on
+    a group commit would cap the whole API at pool size / commit latency).
+    """
+
+    camera_id: str
+    camera_site: str | None  # None: no such camera within the caller's sites (I4)
+    grant_id: str  # as asked for
+    grant: GrantFacts | None  # None: no such grant
+
+
+def _read_scope(session: Session, caller: Caller, camera_id: str, grant_id: UUID) -> _Scope:
+    try:
+        site: str | None = visible_camera_site(session, caller.principal, camera_id)
+    except NotFound:
+        site = None
+    return _Scope(camera_id, site, str(grant_id), grant_facts_by_id(session, str(grant_id)))
+
+
 def _gate(
     services: ApiServices,
-    session: Session,
     caller: Caller,
+    scope: _Scope,
     *,
-    camera_id: str,
     window: TimeRange,
-    grant_id: UUID,
     action: str,
     target: str,
     whole_segment: bool = False,
     details: dict[str, Any] | None = None,
-) -> tuple[Camera, Decision]:
+) -> Decision:
     """Decide a footage call and make the decision durable; raise on refusal."""
     p = caller.principal
+    grant = scope.grant
     info = {
-        "grant": str(grant_id),
+        "grant": scope.grant_id,
         "start": window.start.isoformat(),
         "end": window.end.isoformat(),
         **(details or {}),
     }
-    try:
-        camera = visible_camera(session, p, camera_id)
-    except NotFound as exc:
+    if scope.camera_site is None:
+        message = f"no camera {scope.camera_id!r}"
         services.auditor.record(
-            p, action, target, "refused", reason=f"not-found: {exc.message}",
+            p, action, target, "refused", reason=f"not-found: {message}",
             client=caller.client, details=info,
         )
-        raise
-    grant = session.get(Grant, str(grant_id))
+        raise NotFound(message)
     facts = FootageFacts(
-        camera_id=camera.id,
-        camera_site=camera.site_id,
+        camera_id=scope.camera_id,
+        camera_site=scope.camera_site,
         window=window,
-        grant=grant_facts(grant) if grant else None,
+        grant=grant,
         whole_segment=whole_segment,
     )
     decision = decide(p, Action.FOOTAGE_VIEW, facts, services.ctx.clock.now(), services.policy)
@@ -109,23 +131,23 @@ def _gate(
     )
     if not decision.allowed:
         raise Forbidden(decision.reason, decision.rule)
-    return camera, decision
+    return decision
 
 
-def _segment(
-    services: ApiServices, session: Session, caller: Caller, segment_id: UUID, action: str
-) -> Segment:
+def _stored_segment(session: Session, segment_id: UUID) -> Segment | None:
     segment = session.get(Segment, str(segment_id))
-    if segment is None or segment.state != SegmentState.STORED:
-        services.auditor.record(
-            caller.principal, action, f"segment:{segment_id}", "refused",
-            reason="not-found: no such stored segment", client=caller.client,
-        )
-        raise NotFound(f"no segment {segment_id}")
-    return segment
+    return segment if segment is not None and segment.state == SegmentState.STORED else None
 
 
-@router.get("/cameras/{camera_id}/timeline", response_model=TimelineOut)
+def _no_segment(services: ApiServices, caller: Caller, segment_id: UUID, action: str) -> NotFound:
+    services.auditor.record(
+        caller.principal, action, f"segment:{segment_id}", "refused",
+        reason="not-found: no such stored segment", client=caller.client,
+    )
+    return NotFound(f"no segment {segment_id}")
+
+
+@router.get("/cameras/{camera_id}/timeline", response_model=TimelineOut, response_class=Response)
 def timeline(
     camera_id: CameraId,
     start: FromQ,
@@ -133,31 +155,33 @@ def timeline(
     grant: GrantQ,
     caller: Viewer,
     services: ServicesDep,
-) -> TimelineOut:
+) -> Response:
     """Segments and gaps of one camera in ``[from, to)`` — metadata only, never footage."""
     window = TimeRange(start, end)
     with services.uow() as session:
-        segments = segments_in_range(session, camera_id, window)
-        gaps = gaps_in_range(session, camera_id, window)
-        _gate(
-            services, session, caller, camera_id=camera_id, window=window, grant_id=grant,
-            action="footage.timeline", target=f"camera:{camera_id}",
-            details={"segments": len(segments), "gaps": len(gaps)},
-        )
-    return TimelineOut(
+        segments, gaps = catalog_timeline(session, camera_id, window)
+        scope = _read_scope(session, caller, camera_id, grant)
+    _gate(
+        services, caller, scope, window=window, action="footage.timeline",
+        target=f"camera:{camera_id}", details={"segments": len(segments), "gaps": len(gaps)},
+    )
+    # Built without re-validation (every value comes typed from the catalog) and serialised
+    # once by pydantic's serializer; the response model still documents the shape.
+    body = TimelineOut.model_construct(
         camera=camera_id,
         start=window.start,
         end=window.end,
         grant=str(grant),
         segments=[
-            SegmentOut(
+            SegmentOut.model_construct(
                 id=s.id, start=s.start, end=s.end, bytes=s.bytes, codec=s.codec, width=s.width,
-                height=s.height, has_thumbnail=s.thumb_key is not None,
+                height=s.height, has_thumbnail=s.has_thumbnail,
             )
             for s in segments
         ],
-        gaps=[GapOut(start=g.start, end=g.end, reason=g.reason) for g in gaps],
+        gaps=[GapOut.model_construct(start=g.start, end=g.end, reason=g.reason) for g in gaps],
     )
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.get(
@@ -170,12 +194,14 @@ def thumbnail(
 ) -> Response:
     """The segment's first-keyframe thumbnail (a derived JPEG)."""
     with services.uow() as session:
-        segment = _segment(services, session, caller, segment_id, "footage.thumbnail")
-        _gate(
-            services, session, caller, camera_id=segment.camera_id,
-            window=TimeRange(segment.start, segment.end), grant_id=grant,
-            action="footage.thumbnail", target=f"segment:{segment.id}", whole_segment=True,
-        )
+        segment = _stored_segment(session, segment_id)
+        scope = _read_scope(session, caller, segment.camera_id, grant) if segment else None
+    if segment is None or scope is None:
+        raise _no_segment(services, caller, segment_id, "footage.thumbnail")
+    _gate(
+        services, caller, scope, window=TimeRange(segment.start, segment.end),
+        action="footage.thumbnail", target=f"segment:{segment.id}", whole_segment=True,
+    )
     jpeg = read_thumbnail(services.ctx, segment)
     return Response(jpeg, media_type="image/jpeg", headers=_NO_STORE)
 
@@ -194,21 +220,23 @@ def segment_media(
 ) -> Response:
     """One native segment as MP4, with HTTP Range so that a player can seek."""
     with services.uow() as session:
-        segment = _segment(services, session, caller, segment_id, "footage.segment")
-        try:
-            byte_range = parse_range(range_header, segment.bytes)
-        except Unsatisfiable:
-            byte_range = None
-            unsatisfiable = True
-        else:
-            unsatisfiable = False
-        _gate(
-            services, session, caller, camera_id=segment.camera_id,
-            window=TimeRange(segment.start, segment.end), grant_id=grant,
-            action="footage.segment", target=f"segment:{segment.id}", whole_segment=True,
-            details={"range": range_header or "", "sent": "none" if unsatisfiable else (
-                f"{byte_range.start}-{byte_range.end}" if byte_range else "all")},
-        )
+        segment = _stored_segment(session, segment_id)
+        scope = _read_scope(session, caller, segment.camera_id, grant) if segment else None
+    if segment is None or scope is None:
+        raise _no_segment(services, caller, segment_id, "footage.segment")
+    try:
+        byte_range = parse_range(range_header, segment.bytes)
+    except Unsatisfiable:
+        byte_range = None
+        unsatisfiable = True
+    else:
+        unsatisfiable = False
+    _gate(
+        services, caller, scope, window=TimeRange(segment.start, segment.end),
+        action="footage.segment", target=f"segment:{segment.id}", whole_segment=True,
+        details={"range": range_header or "", "sent": "none" if unsatisfiable else (
+            f"{byte_range.start}-{byte_range.end}" if byte_range else "all")},
+    )
     headers = {**_NO_STORE, "Accept-Ranges": "bytes"}
     if unsatisfiable:
         headers["Content-Range"] = f"bytes */{segment.bytes}"
@@ -243,11 +271,11 @@ def clip(
     window = TimeRange(start, end)
     with services.uow() as session:
         segments = segments_in_range(session, camera_id, window)
-        _gate(
-            services, session, caller, camera_id=camera_id, window=window, grant_id=grant,
-            action="footage.clip", target=f"camera:{camera_id}",
-            details={"segments": [s.id for s in segments]},
-        )
+        scope = _read_scope(session, caller, camera_id, grant)
+    _gate(
+        services, caller, scope, window=window, action="footage.clip",
+        target=f"camera:{camera_id}", details={"segments": [s.id for s in segments]},
+    )
     clip = open_playback_clip(services.ctx, segments, window)
     headers = {
         **_NO_STORE,
