@@ -89,6 +89,19 @@ def test_a_disabled_users_token_stops_at_once(api: Api) -> None:
     assert api.login(OP).status_code == 401
 
 
+def test_a_token_used_before_expires_all_the_same(api: Api) -> None:
+    # The signature check is done once per token and remembered; the lifetime is not.
+    token = api.token(OP)
+    auth = {"Authorization": f"Bearer {token}"}
+    assert api.client.get("/me", headers=auth).status_code == 200
+    api.clock.advance(timedelta(minutes=15, seconds=29))  # inside the 30 s leeway
+    assert api.client.get("/me", headers=auth).status_code == 200
+    api.clock.advance(timedelta(seconds=2))
+    mark = api.head()
+    assert problem(api.client.get("/me", headers=auth), 401)["detail"] == "token expired"
+    assert _refusals(api, mark) == [("anonymous", "auth.token", "token expired")]
+
+
 def _b64(data: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
