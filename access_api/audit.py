@@ -36,11 +36,65 @@ class Auditor:
         client: str = "",
         details: Mapping[str, Any] | None = None,
     ) -> int:
+        return self.sink.write(
+            self._draft(who, action, target, decision, purpose, reason, client, details)
+        )
+
+    async def arecord(
+        self,
+        who: PrincipalView | str,
+        action: str,
+        target: str,
+        decision: str,
+        *,
+        purpose: str = "",
+        reason: str = "",
+        client: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> int:
+        """:meth:`record` for a caller on the event loop: awaits durability, blocks nothing."""
+        return await self.sink.write_async(
+            self._draft(who, action, target, decision, purpose, reason, client, details)
+        )
+
+    async def adecision(
+        self,
+        who: PrincipalView,
+        action: str,
+        target: str,
+        decision: Decision,
+        *,
+        purpose: str = "",
+        client: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> int:
+        return await self.arecord(
+            who,
+            action,
+            target,
+            decision.outcome.value,
+            purpose=purpose,
+            reason=f"{decision.rule}: {decision.reason}",
+            client=client,
+            details=details,
+        )
+
+    def _draft(
+        self,
+        who: PrincipalView | str,
+        action: str,
+        target: str,
+        decision: str,
+        purpose: str,
+        reason: str,
+        client: str,
+        details: Mapping[str, Any] | None,
+    ) -> EventDraft:
         if isinstance(who, PrincipalView):
             actor, role = who.name, who.primary_role
         else:
             actor, role = who, "none"
-        return self.sink.write(
+        return (
             EventDraft(
                 at=self.clock.now(),
                 actor=actor,

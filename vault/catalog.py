@@ -28,6 +28,8 @@ from vault.timerange import TimeRange, as_utc, utcnow
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "TimelineGap",
+    "TimelineSegment",
     "camera_or_404",
     "gaps_in_range",
     "last_segment_end",

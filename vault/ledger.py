@@ -27,6 +27,7 @@ Two ways to append:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import hashlib
@@ -190,9 +191,12 @@ class EventDraft:
 
 
 class AuditSink(Protocol):
-    """Where the API layer sends its decisions: ``write`` returns once the event is durable."""
+    """Where the API layer sends its decisions: ``write`` returns once the event is durable;
+    ``write_async`` is the same for a caller on an event loop, without blocking it."""
 
     def write(self, draft: EventDraft) -> int: ...
+
+    async def write_async(self, draft: EventDraft) -> int: ...
 
 
 def _lock_head(conn: Connection) -> None:
@@ -362,15 +366,33 @@ class _State(enum.Enum):
 
 
 class _Waiter:
-    __slots__ = ("draft", "enqueued", "done", "seq", "error", "state")
+    """One event handed in: a blocking caller waits on ``done``; an event-loop caller on
+    ``future``, which the writer settles through its loop (one wake-up per loop and batch)."""
 
-    def __init__(self, draft: EventDraft, enqueued: float) -> None:
+    __slots__ = ("draft", "enqueued", "done", "seq", "error", "state", "future")
+
+    def __init__(
+        self, draft: EventDraft, enqueued: float, future: asyncio.Future[int] | None = None
+    ) -> None:
         self.draft = draft
         self.enqueued = enqueued
-        self.done = threading.Event()
+        self.future = future
+        self.done = threading.Event() if future is None else None
         self.seq: int | None = None
         self.error: str | None = None
         self.state = _State.QUEUED
+
+
+def _settle(waiters: Sequence[_Waiter]) -> None:
+    """On the callers' event loop: resolve their futures with the batch's outcome."""
+    for waiter in waiters:
+        future = waiter.future
+        if future is None or future.done():
+            continue
+        if waiter.error is not None:
+            future.set_exception(Unavailable(f"audit ledger unavailable: {waiter.error}"))
+        else:
+            future.set_result(cast(int, waiter.seq))
 
 
 def _describe(exc: BaseException) -> str:
@@ -433,6 +455,41 @@ class LedgerWriter:
         now = time.monotonic()
         deadline = now + self.write_timeout_s
         waiters = [_Waiter(draft, now) for draft in drafts]
+        self._enqueue(waiters, now)
+        for waiter in waiters:
+            assert waiter.done is not None
+            if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
+                self._abandon(waiters)
+                if all(w.done is not None and w.done.is_set() and w.error is None
+                       for w in waiters):
+                    break  # finished while we were giving up
+                raise Unavailable(
+                    f"audit ledger unavailable: not durable within {self.write_timeout_s:g}s"
+                )
+            if waiter.error is not None:
+                self._abandon(waiters)
+                raise Unavailable(f"audit ledger unavailable: {waiter.error}")
+        return [w.seq for w in waiters if w.seq is not None]
+
+    async def write_async(self, draft: EventDraft) -> int:
+        """Like :meth:`write`, awaited on an event loop instead of blocking a thread."""
+        now = time.monotonic()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(draft, now, future)
+        self._enqueue([waiter], now)
+        # asyncio.wait, not wait_for: a timeout must not cancel the future, whose batch may
+        # still be committing; the outcome is read below either way.
+        await asyncio.wait((future,), timeout=self.write_timeout_s)
+        if not future.done():
+            self._abandon([waiter])
+            if waiter.state is _State.TAKEN and waiter.seq is not None and waiter.error is None:
+                return waiter.seq  # finished while we were giving up
+            raise Unavailable(
+                f"audit ledger unavailable: not durable within {self.write_timeout_s:g}s"
+            )
+        return future.result()
+
+    def _enqueue(self, waiters: list[_Waiter], now: float) -> None:
         with self._cond:
             if self._closing:
                 raise Unavailable("audit ledger unavailable: the writer is closed")
@@ -443,18 +500,6 @@ class LedgerWriter:
             # queue ends the wait; anything in between would be a wasted wake-up.
             if was_empty or len(self._queue) >= self.batch_max:
                 self._cond.notify()
-        for waiter in waiters:
-            if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
-                self._abandon(waiters)
-                if all(w.done.is_set() and w.error is None for w in waiters):
-                    break  # finished while we were giving up
-                raise Unavailable(
-                    f"audit ledger unavailable: not durable within {self.write_timeout_s:g}s"
-                )
-            if waiter.error is not None:
-                self._abandon(waiters)
-                raise Unavailable(f"audit ledger unavailable: {waiter.error}")
-        return [w.seq for w in waiters if w.seq is not None]
 
     def _abandon(self, waiters: Iterable[_Waiter]) -> None:
         """Events not yet in a batch are dropped: their caller is told they were not written."""
@@ -531,12 +576,26 @@ class LedgerWriter:
                 log.exception("ledger batch failed events=%d reason=%s", len(batch), reason)
             for waiter in batch:
                 waiter.error = reason
-                waiter.done.set()
+            self._wake(batch)
             return
         log.debug("ledger batch committed events=%d last_seq=%d", len(batch), seqs[-1])
         for waiter, seq in zip(batch, seqs, strict=True):
             waiter.seq = seq
-            waiter.done.set()
+        self._wake(batch)
+
+    @staticmethod
+    def _wake(batch: list[_Waiter]) -> None:
+        """Tell each caller its event's fate: blocking callers one by one, event-loop callers
+        with one call per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter]] = {}
+        for waiter in batch:
+            if waiter.done is not None:
+                waiter.done.set()
+            elif waiter.future is not None:
+                by_loop.setdefault(waiter.future.get_loop(), []).append(waiter)
+        for loop, waiters in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
+                loop.call_soon_threadsafe(_settle, waiters)
 
     def _write_with_retry(self, drafts: Sequence[EventDraft]) -> list[int]:
         reconnected = False
@@ -581,6 +640,9 @@ class NullLedger:
         with self._lock:
             self._seq += 1
             return self._seq
+
+    async def write_async(self, draft: EventDraft) -> int:
+        return self.write(draft)
 
     def write_many(self, drafts: Sequence[EventDraft]) -> list[int]:
         return [self.write(d) for d in drafts]

@@ -17,12 +17,13 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import AwareDatetime, BaseModel
 from sqlmodel import Session
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from access_api.deps import ApiServices, Caller, CameraId, ObjectId, ServicesDep, requires
 from access_api.grants import grant_facts_by_id, visible_camera_site
 from access_api.policy import Action, Decision, FootageFacts, GrantFacts, decide
 from access_api.ranges import Unsatisfiable, parse_range
-from vault.catalog import segments_in_range
+from vault.catalog import TimelineGap, TimelineSegment, segments_in_range
 from vault.catalog import timeline as catalog_timeline
 from vault.errors import Forbidden, NotFound
 from vault.lifecycle import open_segment_for_playback, read_thumbnail
@@ -90,7 +91,7 @@ def _read_scope(session: Session, caller: Caller, camera_id: str, grant_id: UUID
     return _Scope(camera_id, site, str(grant_id), grant_facts_by_id(session, str(grant_id)))
 
 
-def _gate(
+async def _gate(
     services: ApiServices,
     caller: Caller,
     scope: _Scope,
@@ -112,7 +113,7 @@ def _gate(
     }
     if scope.camera_site is None:
         message = f"no camera {scope.camera_id!r}"
-        services.auditor.record(
+        await services.auditor.arecord(
             p, action, target, "refused", reason=f"not-found: {message}",
             client=caller.client, details=info,
         )
@@ -126,7 +127,7 @@ def _gate(
     )
     decision = decide(p, Action.FOOTAGE_VIEW, facts, services.ctx.clock.now(), services.policy)
     purpose = grant.purpose if grant and grant.holder == p.name else ""
-    services.auditor.decision(
+    await services.auditor.adecision(
         p, action, target, decision, purpose=purpose, client=caller.client, details=info
     )
     if not decision.allowed:
@@ -134,13 +135,21 @@ def _gate(
     return decision
 
 
-def _stored_segment(session: Session, segment_id: UUID) -> Segment | None:
-    segment = session.get(Segment, str(segment_id))
-    return segment if segment is not None and segment.state == SegmentState.STORED else None
+def _read_segment(
+    services: ApiServices, caller: Caller, segment_id: UUID, grant_id: UUID
+) -> tuple[Segment | None, _Scope | None]:
+    """The stored segment and its decision scope (None, None: no such stored segment)."""
+    with services.uow() as session:
+        segment = session.get(Segment, str(segment_id))
+        if segment is None or segment.state != SegmentState.STORED:
+            return None, None
+        return segment, _read_scope(session, caller, segment.camera_id, grant_id)
 
 
-def _no_segment(services: ApiServices, caller: Caller, segment_id: UUID, action: str) -> NotFound:
-    services.auditor.record(
+async def _no_segment(
+    services: ApiServices, caller: Caller, segment_id: UUID, action: str
+) -> NotFound:
+    await services.auditor.arecord(
         caller.principal, action, f"segment:{segment_id}", "refused",
         reason="not-found: no such stored segment", client=caller.client,
     )
@@ -148,7 +157,7 @@ def _no_segment(services: ApiServices, caller: Caller, segment_id: UUID, action:
 
 
 @router.get("/cameras/{camera_id}/timeline", response_model=TimelineOut, response_class=Response)
-def timeline(
+async def timeline(
     camera_id: CameraId,
     start: FromQ,
     end: ToQ,
@@ -158,10 +167,14 @@ def timeline(
 ) -> Response:
     """Segments and gaps of one camera in ``[from, to)`` — metadata only, never footage."""
     window = TimeRange(start, end)
-    with services.uow() as session:
-        segments, gaps = catalog_timeline(session, camera_id, window)
-        scope = _read_scope(session, caller, camera_id, grant)
-    _gate(
+
+    def read() -> tuple[list[TimelineSegment], list[TimelineGap], _Scope]:
+        with services.uow() as session:
+            segments, gaps = catalog_timeline(session, camera_id, window)
+            return segments, gaps, _read_scope(session, caller, camera_id, grant)
+
+    segments, gaps, scope = await run_in_threadpool(read)
+    await _gate(
         services, caller, scope, window=window, action="footage.timeline",
         target=f"camera:{camera_id}", details={"segments": len(segments), "gaps": len(gaps)},
     )
@@ -189,20 +202,18 @@ def timeline(
     response_class=Response,
     responses={200: {"content": {"image/jpeg": {}}}},
 )
-def thumbnail(
+async def thumbnail(
     segment_id: ObjectId, grant: GrantQ, caller: Viewer, services: ServicesDep
 ) -> Response:
     """The segment's first-keyframe thumbnail (a derived JPEG)."""
-    with services.uow() as session:
-        segment = _stored_segment(session, segment_id)
-        scope = _read_scope(session, caller, segment.camera_id, grant) if segment else None
+    segment, scope = await run_in_threadpool(_read_segment, services, caller, segment_id, grant)
     if segment is None or scope is None:
-        raise _no_segment(services, caller, segment_id, "footage.thumbnail")
-    _gate(
+        raise await _no_segment(services, caller, segment_id, "footage.thumbnail")
+    await _gate(
         services, caller, scope, window=TimeRange(segment.start, segment.end),
         action="footage.thumbnail", target=f"segment:{segment.id}", whole_segment=True,
     )
-    jpeg = read_thumbnail(services.ctx, segment)
+    jpeg = await run_in_threadpool(read_thumbnail, services.ctx, segment)
     return Response(jpeg, media_type="image/jpeg", headers=_NO_STORE)
 
 
@@ -211,7 +222,7 @@ def thumbnail(
     response_class=Response,
     responses={200: {"content": {"video/mp4": {}}}, 206: {"content": {"video/mp4": {}}}},
 )
-def segment_media(
+async def segment_media(
     segment_id: ObjectId,
     grant: GrantQ,
     caller: Viewer,
@@ -219,11 +230,9 @@ def segment_media(
     range_header: Annotated[str | None, Header(alias="Range")] = None,
 ) -> Response:
     """One native segment as MP4, with HTTP Range so that a player can seek."""
-    with services.uow() as session:
-        segment = _stored_segment(session, segment_id)
-        scope = _read_scope(session, caller, segment.camera_id, grant) if segment else None
+    segment, scope = await run_in_threadpool(_read_segment, services, caller, segment_id, grant)
     if segment is None or scope is None:
-        raise _no_segment(services, caller, segment_id, "footage.segment")
+        raise await _no_segment(services, caller, segment_id, "footage.segment")
     try:
         byte_range = parse_range(range_header, segment.bytes)
     except Unsatisfiable:
@@ -231,7 +240,7 @@ def segment_media(
         unsatisfiable = True
     else:
         unsatisfiable = False
-    _gate(
+    await _gate(
         services, caller, scope, window=TimeRange(segment.start, segment.end),
         action="footage.segment", target=f"segment:{segment.id}", whole_segment=True,
         details={"range": range_header or "", "sent": "none" if unsatisfiable else (
@@ -241,7 +250,7 @@ def segment_media(
     if unsatisfiable:
         headers["Content-Range"] = f"bytes */{segment.bytes}"
         return Response(status_code=416, headers=headers)
-    body = open_segment_for_playback(services.ctx, segment)
+    body = await run_in_threadpool(open_segment_for_playback, services.ctx, segment)
     if byte_range is None:
         return Response(body, media_type="video/mp4", headers=headers)
     headers["Content-Range"] = byte_range.content_range(len(body))
@@ -258,7 +267,7 @@ def segment_media(
     response_class=StreamingResponse,
     responses={200: {"content": {"video/mp4": {}}}},
 )
-def clip(
+async def clip(
     camera_id: CameraId,
     start: FromQ,
     end: ToQ,
@@ -269,14 +278,18 @@ def clip(
     """A clip of one camera for ``[from, to)``: fragmented MP4 remuxed from the native
     segments (no transcode), starting at the keyframe at or before ``from``."""
     window = TimeRange(start, end)
-    with services.uow() as session:
-        segments = segments_in_range(session, camera_id, window)
-        scope = _read_scope(session, caller, camera_id, grant)
-    _gate(
+
+    def read() -> tuple[list[Segment], _Scope]:
+        with services.uow() as session:
+            segments = segments_in_range(session, camera_id, window)
+            return segments, _read_scope(session, caller, camera_id, grant)
+
+    segments, scope = await run_in_threadpool(read)
+    await _gate(
         services, caller, scope, window=window, action="footage.clip",
         target=f"camera:{camera_id}", details={"segments": [s.id for s in segments]},
     )
-    clip = open_playback_clip(services.ctx, segments, window)
+    clip = await run_in_threadpool(open_playback_clip, services.ctx, segments, window)
     headers = {
         **_NO_STORE,
         # Media time 0 is this wall instant; gaps keep running media time (see playback.md).

@@ -92,6 +92,11 @@ class RecordingSink:
         self.log.entries.append(f"audit {draft.action} {draft.decision} {draft.target}")
         return seq
 
+    async def write_async(self, draft: Any) -> int:
+        seq = await self.writer.write_async(draft)
+        self.log.entries.append(f"audit {draft.action} {draft.decision} {draft.target}")
+        return seq
+
 
 class RecordingStore:
     """The real filesystem store, with each read noted in the order log."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -111,6 +112,37 @@ def test_concurrent_threads_form_one_chain_and_lose_nothing(engine: Engine) -> N
         assert [targets[s] for s in seqs] == expected
 
 
+def test_event_loop_callers_share_batches_with_threads_and_lose_nothing(engine: Engine) -> None:
+    """``write_async``: many coroutines on two loops and a blocking thread, one chain."""
+    per_loop, loops = 60, 2
+    results: dict[int, list[int]] = {}
+
+    with CountingWriter(engine, batch_max=32, batch_wait_s=0.005, write_timeout_s=30) as writer:
+
+        def loop_worker(n: int) -> None:
+            async def run() -> list[int]:
+                return list(await asyncio.gather(
+                    *(writer.write_async(draft(n * 1000 + i)) for i in range(per_loop))
+                ))
+            results[n] = asyncio.run(run())
+
+        pool = [threading.Thread(target=loop_worker, args=(n,)) for n in range(loops)]
+        for th in pool:
+            th.start()
+        blocking = [writer.write(draft(9000 + i)) for i in range(10)]
+        for th in pool:
+            th.join()
+    returned = sorted([s for seqs in results.values() for s in seqs] + blocking)
+    assert returned == list(range(1, loops * per_loop + 10 + 1))
+    assert stored_seqs(engine) == returned
+    assert any(b > 1 for b in writer.batches)  # coroutines shared commits
+    with unit_of_work(engine) as session:
+        targets = dict(session.exec(select(AuditEvent.seq, AuditEvent.target)).all())
+    for n, seqs in results.items():  # each coroutine got its own event's seq
+        assert [targets[s] for s in seqs] == [f"camera:cam-{n * 1000 + i}" for i in range(per_loop)]
+    assert chain_ok(engine)
+
+
 def test_bad_draft_is_refused_to_its_caller_only(engine: Engine) -> None:
     with pytest.raises(InvalidInput):
         draft(actor="x" * 201)
@@ -174,7 +206,13 @@ def test_locked_database_fails_every_waiter_within_the_timeout_then_recovers(
             assert all("audit ledger unavailable" in str(o) for o in outcomes)
             # Bounded by the write timeout (plus scheduling slack), not the 30 s busy timeout.
             assert max(elapsed) < TIMEOUT + 1.0
-        # Lock released: the same writer serves again without a restart.
+            # An event-loop caller fails closed within the timeout the same way.
+            began = time.monotonic()
+            with pytest.raises(Unavailable, match="audit ledger unavailable"):
+                asyncio.run(writer.write_async(draft(5)))
+            assert time.monotonic() - began < TIMEOUT + 1.0
+        # Lock released: the same writer serves again without a restart, either way.
+        assert asyncio.run(writer.write_async(draft(8))) > 1
         seq = writer.write(draft(9))
     seqs = stored_seqs(engine)
     assert seqs == list(range(1, len(seqs) + 1)) and seqs[-1] == seq
