@@ -16,6 +16,7 @@ from uuid import UUID
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -24,7 +25,7 @@ from access_api.auth.ratelimit import FailureWindow
 from access_api.auth.tokens import Identity, TokenService
 from access_api.policy import AccessPolicy, Action, PrincipalView, ScopeFacts, decide
 from access_api.principals import LoginLimits, resolve
-from vault.db import unit_of_work
+from vault.db import reading, unit_of_work
 from vault.errors import Forbidden, Unauthenticated
 from vault.lifecycle import VaultContext
 
@@ -60,6 +61,12 @@ class ApiServices:
     def uow(self) -> Iterator[Session]:
         with unit_of_work(self.ctx.engine) as session:
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A catalog connection for the reads of a hot path (no ORM session)."""
+        with reading(self.ctx.engine) as conn:
+            yield conn
 
 
 async def _services(request: Request) -> ApiServices:
@@ -128,8 +135,8 @@ def _authorize(
     it reads the catalog and, on refusal, waits for the ledger)."""
     who = identity.name if identity.kind == "local" else f"oidc:{identity.name}"
     try:
-        with services.uow() as session:
-            principal = resolve(session, identity)
+        with services.reading() as conn:
+            principal = resolve(conn, identity)
     except Unauthenticated as exc:
         services.auditor.record(
             who, "auth.token", target, "refused", reason=exc.message, client=client

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, update
 from sqlalchemy import select as core_select
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, or_, select
 
 from access_api.policy import (
@@ -73,18 +74,18 @@ _GRANT_FACTS = core_select(
 ).where(_GRANT.id == bindparam("id"))
 
 
-def visible_camera_site(session: Session, principal: PrincipalView, camera_id: str) -> str:
+def visible_camera_site(conn: Connection, principal: PrincipalView, camera_id: str) -> str:
     """The site of the camera, if it exists within the caller's sites; otherwise the same
     NotFound as :func:`visible_camera` (I4)."""
-    site = session.connection().execute(_CAMERA_SITE, {"id": camera_id}).scalar()
+    site = conn.execute(_CAMERA_SITE, {"id": camera_id}).scalar()
     if site is None or not principal.covers_site(site):
         raise NotFound(f"no camera {camera_id!r}")
     return str(site)
 
 
-def grant_facts_by_id(session: Session, grant_id: str) -> GrantFacts | None:
+def grant_facts_by_id(conn: Connection, grant_id: str) -> GrantFacts | None:
     """What a decision needs to know of a grant, or None if there is no such grant."""
-    row = session.connection().execute(_GRANT_FACTS, {"id": grant_id}).first()
+    row = conn.execute(_GRANT_FACTS, {"id": grant_id}).first()
     if row is None:
         return None
     return GrantFacts(

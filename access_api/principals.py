@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam
 from sqlalchemy import select as core_select
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from access_api.auth.passwords import hash_password, verify_password
@@ -203,14 +204,13 @@ def _view(name: str, roles: str, sites: str) -> PrincipalView:
     )
 
 
-def resolve(session: Session, identity: Identity) -> PrincipalView:
+def resolve(conn: Connection, identity: Identity) -> PrincipalView:
     """Turn a verified token identity into who the caller is now (I4: deny by default).
 
     Local: the catalog row decides roles, sites and whether the account still works.
     External: the issuer's claims decide roles and sites, unless an administrator registered
     the subject here, in which case it can be disabled and its sites pinned.
     """
-    conn = session.connection()
     if identity.kind == "local":
         user = conn.execute(_BY_NAME, {"key": identity.name}).first()
         if user is None or user.external_subject is not None:

@@ -26,7 +26,7 @@ from access_api.deps import ApiServices, Caller
 from access_api.principals import resolve
 from access_api.routes import footage
 from cctv_vault.runtime import build_api, open_vault
-from vault.catalog import gaps_in_range, segments_in_range
+from vault.catalog import timeline
 from vault.ledger import EventDraft, LedgerWriter, NullLedger
 from vault.settings import Settings
 from vault.timerange import TimeRange
@@ -114,31 +114,33 @@ def breakdown(
 
         def principal(c: _Call) -> Caller:
             identity = services.tokens.verify(c.token)
-            with services.uow() as session:
-                return Caller(principal=resolve(session, identity), client="127.0.0.1")
+            with services.reading() as conn:
+                return Caller(principal=resolve(conn, identity), client="127.0.0.1")
 
         callers = {c.token: principal(c) for c in calls}
 
         def lookup(c: _Call) -> None:
             identity = services.tokens.verify(c.token)
-            with services.uow() as session:
-                resolve(session, identity)
+            with services.reading() as conn:
+                resolve(conn, identity)
 
         def catalog(c: _Call) -> None:
-            with services.uow() as session:
-                segments_in_range(session, c.camera, c.window)
-                gaps_in_range(session, c.camera, c.window)
+            with services.reading() as conn:
+                timeline(conn, c.camera, c.window)
 
         def gate(c: _Call) -> None:
-            with services.uow() as session:
-                footage._gate(  # the route's own gate; its audit event goes to NullLedger
-                    services, session, callers[c.token], camera_id=c.camera, window=c.window,
-                    grant_id=c.grant, action="footage.timeline", target=f"camera:{c.camera}",
-                )
+            # The route's own scope read and gate; its audit event goes to NullLedger.
+            with services.reading() as conn:
+                scope = footage._read_scope(conn, callers[c.token], c.camera, c.grant)
+            asyncio.run(footage._gate(
+                services, callers[c.token], scope, window=c.window, action="footage.timeline",
+                target=f"camera:{c.camera}",
+            ))
 
         def handler(c: _Call) -> None:
-            footage.timeline(c.camera, c.window.start, c.window.end, c.grant, callers[c.token],
-                             services)
+            asyncio.run(footage.timeline(
+                c.camera, c.window.start, c.window.end, c.grant, callers[c.token], services
+            ))
 
         def append(c: _Call) -> None:
             writer.write(EventDraft(
@@ -148,13 +150,14 @@ def breakdown(
             ))
 
         return [
-            ("JWT verify (TokenService.verify)", _cpu_us(lambda c: services.tokens.verify(c.token),
-                                                          calls, n)),
-            ("JWT verify + principal lookup (its unit of work)", _cpu_us(lookup, calls, n)),
-            ("segments_in_range + gaps_in_range (a unit of work)", _cpu_us(catalog, calls, n)),
-            ("gate: camera, grant, decide, audit draft to NullLedger", _cpu_us(gate, calls, n)),
-            ("timeline handler, ledger off (catalog + gate + response)",
-             _cpu_us(handler, calls, n)),
+            ("JWT verify (TokenService.verify; a known token: lifetime only)",
+             _cpu_us(lambda c: services.tokens.verify(c.token), calls, n)),
+            ("JWT verify + principal lookup (its connection)", _cpu_us(lookup, calls, n)),
+            ("catalog timeline: segments + gaps (a connection)", _cpu_us(catalog, calls, n)),
+            ("gate: camera, grant, decide, audit draft to NullLedger (+ asyncio.run)",
+             _cpu_us(gate, calls, n)),
+            ("timeline handler, ledger off (thread hop + catalog + gate + response, "
+             "+ asyncio.run)", _cpu_us(handler, calls, n)),
             ("one ledger append alone (LedgerWriter.write, batch of 1)",
              _cpu_us(append, calls, n)),
             ("whole request through the ASGI app, ledger off", _requests_us(app_off, calls, n)),

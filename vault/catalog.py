@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam
 from sqlalchemy import select as core_select
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from vault import ledger
@@ -242,11 +243,10 @@ _TIMELINE_GAPS = (
 
 
 def timeline(
-    session: Session, camera_id: str, window: TimeRange
+    conn: Connection, camera_id: str, window: TimeRange
 ) -> tuple[list[TimelineSegment], list[TimelineGap]]:
     """Stored segments and gaps of a camera overlapping ``window``: the same rows as
     :func:`segments_in_range` and :func:`gaps_in_range`, as light records (metadata only)."""
-    conn = session.connection()
     params = {
         "camera": camera_id,
         "lower": window.start - timedelta(seconds=MAX_SEGMENT_SECONDS),

@@ -10,14 +10,14 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
 from vault.errors import Unavailable
 
-__all__ = ["make_engine", "migrate", "unit_of_work"]
+__all__ = ["make_engine", "migrate", "reading", "unit_of_work"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -77,3 +77,17 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection for reads on a hot path (no ORM session, nothing to commit).
+
+    Rolled back when done; an unreachable database surfaces as :class:`Unavailable`, like in
+    :func:`unit_of_work`.
+    """
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise Unavailable(f"catalog unavailable: {type(exc.orig).__name__}") from exc

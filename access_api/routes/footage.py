@@ -15,7 +15,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import AwareDatetime, BaseModel
-from sqlmodel import Session
+from sqlalchemy.engine import Connection
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -83,12 +83,12 @@ class _Scope:
     grant: GrantFacts | None  # None: no such grant
 
 
-def _read_scope(session: Session, caller: Caller, camera_id: str, grant_id: UUID) -> _Scope:
+def _read_scope(conn: Connection, caller: Caller, camera_id: str, grant_id: UUID) -> _Scope:
     try:
-        site: str | None = visible_camera_site(session, caller.principal, camera_id)
+        site: str | None = visible_camera_site(conn, caller.principal, camera_id)
     except NotFound:
         site = None
-    return _Scope(camera_id, site, str(grant_id), grant_facts_by_id(session, str(grant_id)))
+    return _Scope(camera_id, site, str(grant_id), grant_facts_by_id(conn, str(grant_id)))
 
 
 async def _gate(
@@ -143,7 +143,7 @@ def _read_segment(
         segment = session.get(Segment, str(segment_id))
         if segment is None or segment.state != SegmentState.STORED:
             return None, None
-        return segment, _read_scope(session, caller, segment.camera_id, grant_id)
+        return segment, _read_scope(session.connection(), caller, segment.camera_id, grant_id)
 
 
 async def _no_segment(
@@ -169,9 +169,9 @@ async def timeline(
     window = TimeRange(start, end)
 
     def read() -> tuple[list[TimelineSegment], list[TimelineGap], _Scope]:
-        with services.uow() as session:
-            segments, gaps = catalog_timeline(session, camera_id, window)
-            return segments, gaps, _read_scope(session, caller, camera_id, grant)
+        with services.reading() as conn:
+            segments, gaps = catalog_timeline(conn, camera_id, window)
+            return segments, gaps, _read_scope(conn, caller, camera_id, grant)
 
     segments, gaps, scope = await run_in_threadpool(read)
     await _gate(
@@ -282,7 +282,7 @@ async def clip(
     def read() -> tuple[list[Segment], _Scope]:
         with services.uow() as session:
             segments = segments_in_range(session, camera_id, window)
-            return segments, _read_scope(session, caller, camera_id, grant)
+            return segments, _read_scope(session.connection(), caller, camera_id, grant)
 
     segments, scope = await run_in_threadpool(read)
     await _gate(
