@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
 import vault.db
 from vault.db import reading
