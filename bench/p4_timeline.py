@@ -13,12 +13,12 @@ recreates them afterwards from their own DDL, so the lookups use exactly the mig
 * PostgreSQL: a dedicated database, ``COPY`` through psycopg, then ``VACUUM ANALYZE`` (what
   autovacuum does to a table that has just grown); dropped afterwards.
 
-One lookup is what the timeline route does: a unit of work (``vault.db.unit_of_work``) with
-``vault.catalog.segments_in_range`` and ``gaps_in_range`` for one camera and one window, rows
-turned into ``Segment``/``Gap`` objects, timed with ``perf_counter`` (wall) and
-``thread_time`` (the lookup's own CPU). Random cameras, random 1-hour windows (to the second)
-anywhere in the recorded span; every lookup's result is checked against the generator's own
-account (the exact segments and gaps expected).
+One lookup is what the timeline route does: a pooled connection (``vault.db.reading``) and
+``vault.catalog.timeline`` for one camera and one window (its two compiled statements, rows
+turned into light ``TimelineSegment``/``TimelineGap`` records), timed with ``perf_counter``
+(wall) and ``thread_time`` (the lookup's own CPU). Random cameras, random 1-hour windows (to
+the second) anywhere in the recorded span; every lookup's result is checked against the
+generator's own account (the exact segments and gaps expected).
 
 Order: the query plans (``EXPLAIN QUERY PLAN`` / ``EXPLAIN (ANALYZE, BUFFERS)`` of exactly the
 statements a lookup sends); a warm-up pass per backend with the page cache as found (printed,
@@ -48,9 +48,9 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 
 from bench._common import OUT, machine, median, table, write_result
-from vault.catalog import gaps_in_range, segments_in_range, sync_config
+from vault.catalog import sync_config, timeline
 from vault.config import parse_config
-from vault.db import make_engine, migrate, unit_of_work
+from vault.db import make_engine, migrate, reading, unit_of_work
 from vault.timerange import TimeRange
 
 NAME = "p4_timeline"
@@ -365,9 +365,8 @@ def timed(
     for lk in batch:
         camera = shape.camera(lk.camera)
         t, c = time.perf_counter(), time.thread_time()
-        with unit_of_work(engine) as session:
-            segments = segments_in_range(session, camera, lk.window)
-            gaps = gaps_in_range(session, camera, lk.window)
+        with reading(engine) as conn:
+            segments, gaps = timeline(conn, camera, lk.window)
         times.append((time.perf_counter() - t) * 1000)
         cpu.append((time.thread_time() - c) * 1000)
         if check:
