@@ -13,8 +13,9 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, literal_column, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, or_, select
@@ -43,14 +44,13 @@ __all__ = [
     "RevokePlan",
     "commit_approval",
     "grant_facts",
-    "grant_facts_by_id",
+    "camera_site_and_grant",
     "list_grants",
     "list_requests",
     "plan_approval",
     "plan_request",
     "plan_revoke",
     "visible_camera",
-    "visible_camera_site",
 ]
 
 MAX_CAMERAS_PER_REQUEST = 32
@@ -65,29 +65,35 @@ def visible_camera(session: Session, principal: PrincipalView, camera_id: str) -
 
 
 _CAM = Camera.__table__.c  # type: ignore[attr-defined]
-_GRANT = Grant.__table__.c  # type: ignore[attr-defined]
-# Read on every footage call: plain Core statements, compiled once, no ORM objects.
-_CAMERA_SITE = core_select(_CAM.site_id).where(_CAM.id == bindparam("id"))
-_GRANT_FACTS = core_select(
+_GRANT_TABLE = Grant.__table__  # type: ignore[attr-defined]
+_GRANT = _GRANT_TABLE.c
+# Read on every footage call: a plain Core statement, compiled once, no ORM objects.
+_GRANT_COLUMNS = (
     _GRANT.id, _GRANT.holder, _GRANT.cameras, _GRANT.start, _GRANT.end, _GRANT.purpose,
     _GRANT.expires_at, _GRANT.revoked_at,
-).where(_GRANT.id == bindparam("id"))
+)
+# The camera's site and the grant in one statement (one snapshot, one round trip): the grant
+# table outer-joined to a one-row select, so a missing grant still answers the camera.
+_ONE = core_select(literal_column("1").label("one")).subquery("one")
+_CAMERA_SITE_AND_GRANT = core_select(
+    core_select(_CAM.site_id).where(_CAM.id == bindparam("camera")).scalar_subquery()
+    .label("camera_site"),
+    *_GRANT_COLUMNS,
+).select_from(_ONE.outerjoin(_GRANT_TABLE, _GRANT.id == bindparam("grant")))
 
 
-def visible_camera_site(conn: Connection, principal: PrincipalView, camera_id: str) -> str:
-    """The site of the camera, if it exists within the caller's sites; otherwise the same
-    NotFound as :func:`visible_camera` (I4)."""
-    site = conn.execute(_CAMERA_SITE, {"id": camera_id}).scalar()
-    if site is None or not principal.covers_site(site):
-        raise NotFound(f"no camera {camera_id!r}")
-    return str(site)
+def camera_site_and_grant(
+    conn: Connection, camera_id: str, grant_id: str
+) -> tuple[str | None, GrantFacts | None]:
+    """The camera's site (None: no such camera) and the grant's facts (None: no such grant),
+    read together. Visibility to the caller is the caller's check (I4)."""
+    row = conn.execute(_CAMERA_SITE_AND_GRANT, {"camera": camera_id, "grant": grant_id}).one()
+    site = None if row.camera_site is None else str(row.camera_site)
+    return site, None if row.id is None else _grant_facts_row(row)
 
 
-def grant_facts_by_id(conn: Connection, grant_id: str) -> GrantFacts | None:
-    """What a decision needs to know of a grant, or None if there is no such grant."""
-    row = conn.execute(_GRANT_FACTS, {"id": grant_id}).first()
-    if row is None:
-        return None
+def _grant_facts_row(row: Any) -> GrantFacts:
+    """From a ``Grant`` or a row with its columns."""
     return GrantFacts(
         id=row.id,
         holder=row.holder,
@@ -100,15 +106,7 @@ def grant_facts_by_id(conn: Connection, grant_id: str) -> GrantFacts | None:
 
 
 def grant_facts(grant: Grant) -> GrantFacts:
-    return GrantFacts(
-        id=grant.id,
-        holder=grant.holder,
-        cameras=frozenset(json.loads(grant.cameras)),
-        window=TimeRange(grant.start, grant.end),
-        purpose=grant.purpose,
-        expires_at=as_utc(grant.expires_at),
-        revoked=grant.revoked_at is not None,
-    )
+    return _grant_facts_row(grant)
 
 
 def _new_grant(request: AccessRequest, granted_by: str, now: datetime, pol: AccessPolicy) -> Grant:

@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from access_api.deps import ApiServices, Caller, CameraId, ObjectId, ServicesDep, requires
-from access_api.grants import grant_facts_by_id, visible_camera_site
+from access_api.grants import camera_site_and_grant
 from access_api.policy import Action, Decision, FootageFacts, GrantFacts, decide
 from access_api.ranges import Unsatisfiable, parse_range
 from vault.catalog import TimelineGap, TimelineSegment, segments_in_range
@@ -84,11 +84,10 @@ class _Scope:
 
 
 def _read_scope(conn: Connection, caller: Caller, camera_id: str, grant_id: UUID) -> _Scope:
-    try:
-        site: str | None = visible_camera_site(conn, caller.principal, camera_id)
-    except NotFound:
-        site = None
-    return _Scope(camera_id, site, str(grant_id), grant_facts_by_id(conn, str(grant_id)))
+    site, grant = camera_site_and_grant(conn, camera_id, str(grant_id))
+    if site is not None and not caller.principal.covers_site(site):
+        site = None  # another site's camera does not exist for this caller (I4)
+    return _Scope(camera_id, site, str(grant_id), grant)
 
 
 async def _gate(
