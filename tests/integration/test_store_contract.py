@@ -6,8 +6,10 @@ one backend can show (an injected clock, temp files on disk, the S3 server going
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
+import mmap
 import os
 import time
 import uuid
@@ -679,6 +681,37 @@ def test_fs_put_stream_leaves_no_temp_files(fs_store: FilesystemStore) -> None:
 
     assert _stray_files(fs_store.root) == []
     assert fs_store.get(SEGMENT) == FOOTAGE
+
+
+def _resident_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache (mincore(2) over a private, untouched mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    residency = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+    with path.open("rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_COPY)
+        try:
+            start = ctypes.c_char.from_buffer(mapped)
+            rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), size, residency)
+            del start
+        finally:
+            mapped.close()
+    assert rc == 0, os.strerror(ctypes.get_errno())
+    return sum(page & 1 for page in residency)
+
+
+def test_fs_put_stream_leaves_the_object_out_of_the_page_cache(
+    fs_store: FilesystemStore,
+) -> None:
+    # Sealed segments are written once and not read back by ingest: caching them only grows
+    # the page cache (P1). put() of small objects is unchanged.
+    data = os.urandom(4 << 20)
+    fs_store.put_stream(SEGMENT, io.BytesIO(data), len(data), METADATA)
+    fs_store.put("exports/small", data, {})
+
+    assert _resident_pages(fs_store.root / "objects" / SEGMENT) == 0
+    assert _resident_pages(fs_store.root / "objects" / "exports/small") > 0
+    assert fs_store.get(SEGMENT) == data
 
 
 def test_fs_refuses_to_replace_a_locked_object(fs_store: FilesystemStore) -> None:

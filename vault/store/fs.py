@@ -281,8 +281,9 @@ class FilesystemStore:
     ) -> None:
         """``put`` from a stream: the temp file is filled through one reused 1 MiB buffer.
 
-        The steps are put's (1)-(7); only (1) reads ``source`` instead of a buffer, and (3)
-        compares the temp file with the locked object instead of bytes in memory.
+        The steps are put's (1)-(7); only (1) reads ``source`` instead of a buffer (and drops
+        the written pages from the page cache after the fsync), and (3) compares the temp file
+        with the locked object instead of bytes in memory.
         """
         validate_key(key)
         if length < 0:
@@ -517,6 +518,13 @@ class FilesystemStore:
             if read_source(source, buffer[:1]):
                 raise InvalidInput(f"stream for {key} is longer than its length {length}")
             os.fsync(fd)
+            # A streamed object is large and written once (a segment: ~30 MB a camera-minute)
+            # and is not read back by its writer: drop its now clean pages from the page cache
+            # so the next one reuses them. Letting the cache grow instead cost ingest ~2.5 CPU s
+            # per camera-hour on the benchmark VM (docs/ref/bench.md, P1); the price is that the
+            # first read of just-written footage comes from disk.
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
