@@ -185,8 +185,9 @@ def floor(src: Path, work: Path) -> int:
     what the commit protocol cannot skip, done the cheapest way: SHA-256 of the plaintext read
     back from the spool; a fresh data key wrapped by a KEK; AES-256-GCM over the plaintext with
     the hash in the associated data (so a second pass), streamed through one reused 1 MiB
-    buffer into the object file (temp, fsync, rename, directory fsync), byte for byte the
-    ``CVS1 || nonce || ciphertext || tag`` blob; the thumbnail sealed and stored the same way;
+    buffer into the object file (temp, fsync, its pages dropped from the page cache, rename,
+    directory fsync), byte for byte the ``CVS1 || nonce || ciphertext || tag`` blob; the
+    thumbnail sealed and stored the same way;
     the manifest's three atomic writes (open, closed, sealed); one catalog row in SQLite (WAL,
     synchronous=FULL); the spool files removed. One thread; no service, ORM, object-store
     port, health or ledger. Prints the same JSON keys as ours where they apply.
@@ -268,6 +269,7 @@ def floor(src: Path, work: Path) -> int:
             encryptor.finalize()
             os.write(fd, encryptor.tag)
             os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # as the store's put_stream
         finally:
             os.close(fd)
         os.replace(temp, target)

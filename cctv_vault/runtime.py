@@ -13,16 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
-
-from access_api.app import create_app
-from access_api.audit import Auditor
-from access_api.auth.ratelimit import FailureWindow
-from access_api.auth.tokens import OidcConfig, TokenService
-from access_api.deps import ApiServices
-from access_api.policy import ALL_SITES, AccessPolicy
-from access_api.principals import LoginLimits, add_user, list_users
 from ingest.recorder import CameraRecorder, Committer, HealthBoard, source_ref
 from ingest.segmenter import GapInfo
 from ingest.spool import Spool
@@ -37,6 +29,12 @@ from vault.settings import Settings
 from vault.signing import SigningKey
 from vault.store.factory import ensure_lock_enforcement, open_store
 from vault.timerange import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+# The access API (FastAPI, its routes, auth and policy) is imported where the API is built, not
+# here: an ingest process never serves it, and importing it cost ~0.3 CPU s at every start (P1).
 
 __all__ = ["IngestService", "api_app_from_env", "build_api", "ensure_demo_users", "open_vault"]
 
@@ -200,6 +198,9 @@ def ensure_demo_users(ctx: VaultContext, settings: Settings) -> Path | None:
     """
     if not settings.demo:
         return None
+    from access_api.policy import ALL_SITES
+    from access_api.principals import add_user, list_users
+
     path = settings.data_dir / "demo-credentials.txt"
     with unit_of_work(ctx.engine) as session:
         if list_users(session):
@@ -228,6 +229,14 @@ def build_api(
     ``sink`` exists for the P3 benchmark's comparison run only; production wiring always writes
     the durable ledger.
     """
+    from access_api.app import create_app
+    from access_api.audit import Auditor
+    from access_api.auth.ratelimit import FailureWindow
+    from access_api.auth.tokens import OidcConfig, TokenService
+    from access_api.deps import ApiServices
+    from access_api.policy import AccessPolicy
+    from access_api.principals import LoginLimits
+
     writer: LedgerWriter | None = None
     if sink is None:
         writer = LedgerWriter(

@@ -3,11 +3,13 @@
 Commit, for one closed segment in the spool, every step idempotent by segment id:
 
 1. if the catalog already has the row, the commit happened: only the spool files remain;
-2. hash the plaintext (SHA-256);
+2. hash the plaintext (SHA-256), streamed from the spool file;
 3. seal it: a fresh data key and nonce, recorded in the manifest *before* any object is
    written, so a retry after a crash produces the very same object bytes;
 4. put the object under its deterministic key with purpose metadata (and the S3 retention
-   lock until ``retention_until``); the thumbnail likewise;
+   lock until ``retention_until``), sealed while it streams from the spool file into the
+   store (``put_stream``): a segment is never held whole in memory; the thumbnail (a few KB)
+   is sealed in memory and put likewise;
 5. insert the row (and its run) in one transaction;
 6. if an active hold covers the segment, put the store's legal hold on its objects
    (:func:`vault.holds.hold_new_segment`; again on a retry that finds the row);
@@ -29,7 +31,15 @@ from typing import cast
 from sqlalchemy.engine import Engine
 
 from vault import ledger
-from vault.crypto import KeyProvider, associated_data, new_seal, open_blob, seal_blob
+from vault.crypto import (
+    KeyProvider,
+    SealingReader,
+    associated_data,
+    new_seal,
+    open_blob,
+    seal_blob,
+    sha256_file,
+)
 from vault.db import unit_of_work
 from vault.errors import IntegrityError, InvalidInput, NotFound
 from vault.holds import hold_new_segment
@@ -108,8 +118,11 @@ def commit_segment(ctx: VaultContext, pending: PendingSegment, spool: Path) -> S
     if camera.purpose != COLLECTION_PURPOSE:
         raise InvalidInput(f"camera {camera.id} has purpose {camera.purpose!r}, not 'security'")
 
-    media = pending.media_path(spool).read_bytes()
-    sha256 = hashlib.sha256(media).hexdigest()
+    media_path = pending.media_path(spool)
+    # Two streamed passes (hash, then seal): the associated data binds the hash, and AES-GCM
+    # takes all associated data before the first byte. Both read the spool file through one
+    # reused buffer; the closed file does not change while this process holds the spool.
+    sha256, media_bytes = sha256_file(media_path)
     thumb_path = pending.thumb_path(spool)
     thumb = thumb_path.read_bytes() if thumb_path.exists() else None
     thumb_sha = hashlib.sha256(thumb).hexdigest() if thumb is not None else None
@@ -136,10 +149,10 @@ def commit_segment(ctx: VaultContext, pending: PendingSegment, spool: Path) -> S
         "key-id": seal.key_id,
         "kind": "native",
     }
-    blob = seal_blob(
-        media, seal, _segment_aad(pending.segment_id, camera.id, pending.start, sha256), ctx.keys
-    )
-    ctx.store.put(key, blob, metadata, retain_until=retention_until)
+    aad = _segment_aad(pending.segment_id, camera.id, pending.start, sha256)
+    with media_path.open("rb", buffering=0) as plaintext:
+        sealed = SealingReader(plaintext, media_bytes, seal, aad, ctx.keys)
+        ctx.store.put_stream(key, sealed, sealed.length, metadata, retain_until=retention_until)
 
     thumb_key = None
     if thumb is not None and thumb_sha is not None and pending.thumb_seal is not None:
@@ -188,7 +201,7 @@ def commit_segment(ctx: VaultContext, pending: PendingSegment, spool: Path) -> S
             codec=pending.codec,
             width=pending.width,
             height=pending.height,
-            bytes=len(media),
+            bytes=media_bytes,
             sha256=sha256,
             object_key=key,
             key_id=seal.key_id,
@@ -209,7 +222,7 @@ def commit_segment(ctx: VaultContext, pending: PendingSegment, spool: Path) -> S
         pending.segment_id,
         pending.start.isoformat(),
         end.isoformat(),
-        len(media),
+        media_bytes,
         sha256,
     )
     _remove_spool_files(pending, spool)

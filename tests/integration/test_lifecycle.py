@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from minio import Minio
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
@@ -17,13 +19,14 @@ from vault import ledger
 from vault.catalog import gaps_in_range, segments_in_range, sync_config
 from vault.check import run_check
 from vault.config import parse_config
-from vault.crypto import LocalKeyProvider
+from vault.crypto import LocalKeyProvider, Seal, associated_data, seal_blob
 from vault.db import unit_of_work
 from vault.errors import IntegrityError, Unavailable
 from vault.lifecycle import VaultContext, commit_gap, commit_segment, read_segment
 from vault.models import AuditEvent, Segment
 from vault.pending import PendingGap, PendingSegment
 from vault.store.fs import FilesystemStore
+from vault.store.s3 import S3Store
 from vault.timerange import FixedClock, TimeRange
 
 T0 = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
@@ -229,3 +232,119 @@ def test_segment_range_query_is_half_open(ctx: VaultContext, spool: Path) -> Non
     assert [s.id for s in at_boundary] == [b.id]
     assert before == []
     assert [s.id for s in both] == [a.id, b.id]
+
+
+
+# -- streamed commit ----------------------------------------------------------------------------
+
+
+def _whole_buffer_blob(ctx: VaultContext, segment: Segment, media: bytes, blob: bytes) -> bytes:
+    """The blob the whole-buffer seal makes with the segment's seal (its nonce is in the
+    header): a streamed commit must have written exactly these bytes."""
+    seal = Seal(key_id=segment.key_id, wrapped_dek=segment.wrapped_dek or b"", nonce=blob[4:16])
+    aad = associated_data(segment.id, segment.camera_id, segment.start.isoformat(), segment.sha256)
+    return bytes(seal_blob(media, seal, aad, ctx.keys))
+
+
+def test_commit_of_a_large_segment_never_holds_it_in_memory(
+    ctx: VaultContext, spool: Path
+) -> None:
+    media = os.urandom(48 << 20)
+    pending = closed_segment(spool, media=media)
+
+    tracemalloc.start()
+    try:
+        segment = commit_segment(ctx, pending, spool)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # Two 1 MiB buffers (hash pass, sealing pass) and the store's own: nowhere near 48 MiB.
+    assert peak < 8 << 20, f"commit peaked at {peak / (1 << 20):.1f} MiB"
+    assert (segment.bytes, segment.sha256) == (len(media), hashlib.sha256(media).hexdigest())
+    blob = ctx.store.get(segment.object_key)
+    assert blob == _whole_buffer_blob(ctx, segment, media, blob)
+    assert read_segment(ctx, segment) == media
+    assert run_check(ctx).ok
+
+
+class _SpoolFileCrash(BaseException):
+    """Not an Exception, like SIGKILL: nothing in the commit gets to handle it."""
+
+
+def test_crash_while_streaming_the_object_leaves_nothing_and_the_retry_commits(
+    ctx: VaultContext, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    media = os.urandom(5 << 20)
+    pending = closed_segment(spool, media=media)
+    import vault.lifecycle as lifecycle
+
+    class CrashingReader(lifecycle.SealingReader):
+        handed_out = 0
+
+        def readinto(self, buffer: memoryview | bytearray) -> int:
+            if CrashingReader.handed_out > 2 << 20:  # mid-object, after the manifest's seal
+                raise _SpoolFileCrash
+            count = super().readinto(buffer)
+            CrashingReader.handed_out += count
+            return count
+
+    monkeypatch.setattr(lifecycle, "SealingReader", CrashingReader)
+    with pytest.raises(_SpoolFileCrash):
+        commit_segment(ctx, pending, spool)
+    monkeypatch.undo()
+
+    key = f"segments/tokyo-1/cam-a/2026/11/29/{pending.segment_id}"
+    assert ctx.store.head(key) is None  # a half-written object never becomes visible
+    again = PendingSegment.from_json(pending.manifest_path(spool).read_bytes())
+    assert again.seal is not None  # drawn and saved before the first byte was put
+    segment = commit_segment(ctx, again, spool)
+    blob = ctx.store.get(key)
+    assert blob[4:16] == again.seal.nonce and segment.wrapped_dek == again.seal.wrapped_dek
+    assert blob == _whole_buffer_blob(ctx, segment, media, blob)
+    assert list(spool.iterdir()) == []
+    assert run_check(ctx).ok
+
+
+def test_spool_file_that_changed_after_hashing_is_refused(
+    ctx: VaultContext, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The two passes must see the same bytes; if they do not, no object is completed.
+    pending = closed_segment(spool)
+    import vault.lifecycle as lifecycle
+
+    real_hash = lifecycle.sha256_file
+
+    def hash_then_append(path: Path) -> tuple[str, int]:
+        digest = real_hash(path)
+        with path.open("ab") as handle:
+            handle.write(b"late bytes")
+        return digest
+
+    monkeypatch.setattr(lifecycle, "sha256_file", hash_then_append)
+    with pytest.raises(IntegrityError, match="longer than when it was hashed"):
+        commit_segment(ctx, pending, spool)
+    assert ctx.store.head(f"segments/tokyo-1/cam-a/2026/11/29/{pending.segment_id}") is None
+    with unit_of_work(ctx.engine) as session:
+        assert list(session.exec(select(Segment))) == []
+
+
+@pytest.mark.s3
+def test_commit_streams_to_s3_in_parts(
+    engine: Engine, keys: LocalKeyProvider, s3_client: Minio, spool: Path
+) -> None:
+    store = S3Store(s3_client, f"test-{uuid.uuid4().hex[:24]}", stream_part_size=5 << 20)
+    with unit_of_work(engine) as session:
+        sync_config(session, parse_config(CONFIG), {"cam-a": "rtsp://10.0.0.5/stream1"})
+    s3_ctx = VaultContext(engine=engine, store=store, keys=keys, clock=FixedClock(T0))
+    media = os.urandom(11 << 20)
+
+    segment = commit_segment(s3_ctx, closed_segment(spool, media=media), spool)
+
+    info = store.head(segment.object_key)
+    assert info is not None
+    assert info.retain_until == segment.retention_until
+    assert info.metadata["sha256"] == hashlib.sha256(media).hexdigest()
+    blob = store.get(segment.object_key)
+    assert blob == _whole_buffer_blob(s3_ctx, segment, media, blob)
+    assert run_check(s3_ctx).ok

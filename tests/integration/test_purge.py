@@ -44,7 +44,7 @@ from vault.purge import (
     verify_run,
 )
 from vault.signing import SigningKey
-from vault.store.base import DeleteFailure, ObjectInfo, ObjectStore
+from vault.store.base import ByteSource, DeleteFailure, ObjectInfo, ObjectStore
 from vault.store.fs import FilesystemStore
 from vault.store.s3 import S3Store
 from vault.timerange import FixedClock, utcnow
@@ -578,6 +578,11 @@ class CrashingStore:
     def put(self, key: str, data: bytes | bytearray, metadata: Mapping[str, str],
             retain_until: datetime | None = None) -> None:
         self.inner.put(key, data, metadata, retain_until)
+        self._maybe("after-put", [key])
+
+    def put_stream(self, key: str, source: ByteSource, length: int, metadata: Mapping[str, str],
+                   retain_until: datetime | None = None) -> None:
+        self.inner.put_stream(key, source, length, metadata, retain_until)
         self._maybe("after-put", [key])
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:

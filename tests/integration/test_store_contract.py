@@ -6,7 +6,10 @@ one backend can show (an injected clock, temp files on disk, the S3 server going
 
 from __future__ import annotations
 
+import ctypes
+import io
 import logging
+import mmap
 import os
 import time
 import uuid
@@ -136,6 +139,93 @@ def test_identical_put_is_idempotent_even_when_locked(store: ObjectStore) -> Non
     info = store.head(SEGMENT)
     assert info is not None
     assert info.retain_until == until
+
+
+# -- put_stream -------------------------------------------------------------------------------
+
+
+class ChunkedSource:
+    """A ByteSource that gives at most ``step`` bytes a call (as a pipe or a sealer may) and
+    counts how much was read; ``fail_after`` makes it raise once that much has been read."""
+
+    def __init__(self, data: bytes, step: int = 1000, fail_after: int | None = None) -> None:
+        self.data = data
+        self.step = step
+        self.fail_after = fail_after
+        self.position = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self.fail_after is not None and self.position >= self.fail_after:
+            raise OSError(5, "Input/output error (simulated spool disk)")
+        count = min(len(buffer), self.step, len(self.data) - self.position)
+        buffer[:count] = self.data[self.position : self.position + count]
+        self.position += count
+        return count
+
+
+def test_put_stream_roundtrip_with_metadata_and_retention(store: ObjectStore) -> None:
+    until = _later()
+    source = ChunkedSource(FOOTAGE, step=777)
+    store.put_stream(SEGMENT, source, len(FOOTAGE), METADATA, retain_until=until)
+
+    assert source.position == len(FOOTAGE)
+    assert store.get(SEGMENT) == FOOTAGE
+    assert store.head(SEGMENT) == ObjectInfo(
+        key=SEGMENT, size=len(FOOTAGE), metadata=METADATA, retain_until=until
+    )
+    assert [f.key for f in store.delete_many([SEGMENT])] == [SEGMENT]  # the lock holds
+
+
+def test_put_stream_of_nothing(store: ObjectStore) -> None:
+    store.put_stream("exports/empty", io.BytesIO(b""), 0, {})
+
+    assert store.get("exports/empty") == b""
+    assert store.head("exports/empty") == ObjectInfo(key="exports/empty", size=0)
+
+
+def test_put_stream_retried_onto_its_locked_object_is_a_no_op(store: ObjectStore) -> None:
+    # The commit protocol's retry: the same sealed bytes again, after put or put_stream.
+    until = _later()
+    store.put(SEGMENT, FOOTAGE, METADATA, retain_until=until)
+    store.put_stream(SEGMENT, io.BytesIO(FOOTAGE), len(FOOTAGE), METADATA, retain_until=until)
+    store.put_stream(SEGMENT, ChunkedSource(FOOTAGE), len(FOOTAGE), METADATA, retain_until=until)
+
+    assert store.get(SEGMENT) == FOOTAGE
+    info = store.head(SEGMENT)
+    assert info is not None
+    assert (info.size, info.retain_until) == (len(FOOTAGE), until)
+
+
+@pytest.mark.parametrize(
+    ("given", "length"),
+    [(FOOTAGE[:-1], len(FOOTAGE)), (FOOTAGE + b"!", len(FOOTAGE)), (FOOTAGE, 0)],
+    ids=["short", "long", "nonempty-for-zero"],
+)
+def test_put_stream_refuses_a_source_of_the_wrong_length(
+    store: ObjectStore, given: bytes, length: int
+) -> None:
+    with pytest.raises(InvalidInput, match="stream for"):
+        store.put_stream(SEGMENT, io.BytesIO(given), length, METADATA)
+
+    assert store.head(SEGMENT) is None
+    assert _versions_left(store, SEGMENT) == 0
+
+
+def test_put_stream_passes_the_source_error_through(store: ObjectStore) -> None:
+    # A failing source (the spool's disk) is not the store being unavailable: the caller must
+    # see its own error, and nothing is stored.
+    source = ChunkedSource(FOOTAGE, step=1024, fail_after=4096)
+    with pytest.raises(OSError, match="simulated spool disk") as raised:
+        store.put_stream(SEGMENT, source, len(FOOTAGE), METADATA)
+
+    assert not isinstance(raised.value, Unavailable)
+    assert store.head(SEGMENT) is None
+    assert _versions_left(store, SEGMENT) == 0
+
+
+def test_put_stream_refuses_a_negative_length(store: ObjectStore) -> None:
+    with pytest.raises(InvalidInput):
+        store.put_stream(SEGMENT, io.BytesIO(b""), -1, METADATA)
 
 
 # -- list -------------------------------------------------------------------------------------
@@ -477,6 +567,43 @@ def test_overwriting_a_locked_s3_object_keeps_the_locked_version(s3_store: S3Sto
 
 
 @pytest.mark.s3
+def test_s3_put_stream_uploads_a_large_object_in_parts(s3_client: Minio) -> None:
+    # Beyond the part size the upload is multipart: the lock must land on the version it
+    # wrote, and minio never holds more than one part.
+    store = S3Store(s3_client, f"test-{uuid.uuid4().hex[:24]}", stream_part_size=5 << 20)
+    data = os.urandom(12 << 20)
+    until = _later()
+    store.put_stream(SEGMENT, ChunkedSource(data, step=1 << 20), len(data), METADATA, until)
+
+    assert store.get(SEGMENT) == data
+    info = store.head(SEGMENT)
+    assert info is not None
+    assert (info.size, info.retain_until, dict(info.metadata)) == (len(data), until, METADATA)
+    assert [f.key for f in store.delete_many([SEGMENT])] == [SEGMENT]
+    assert len(store.version_ids(SEGMENT)) == 1
+
+
+@pytest.mark.s3
+def test_s3_failed_multipart_put_stream_leaves_nothing(s3_client: Minio) -> None:
+    store = S3Store(s3_client, f"test-{uuid.uuid4().hex[:24]}", stream_part_size=5 << 20)
+    data = os.urandom(12 << 20)
+    source = ChunkedSource(data, step=1 << 20, fail_after=7 << 20)  # in the second part
+    with pytest.raises(OSError, match="simulated spool disk"):
+        store.put_stream(SEGMENT, source, len(data), METADATA)
+
+    assert store.head(SEGMENT) is None
+    assert store.version_ids(SEGMENT) == []
+    uploads = s3_client._list_multipart_uploads(store.bucket)
+    assert list(uploads.uploads) == []  # aborted, not left to accumulate parts
+
+
+@pytest.mark.s3
+def test_s3_part_size_below_the_minimum_is_refused(s3_client: Minio) -> None:
+    with pytest.raises(ConfigError):
+        S3Store(s3_client, f"test-{uuid.uuid4().hex[:24]}", stream_part_size=1 << 20)
+
+
+@pytest.mark.s3
 def test_s3_bucket_is_created_with_object_lock(s3_store: S3Store) -> None:
     config = s3_store._client.get_bucket_versioning(s3_store.bucket)
     assert config.status == "Enabled"
@@ -541,6 +668,50 @@ def test_fs_put_leaves_no_temp_files(fs_store: FilesystemStore) -> None:
 
     assert _stray_files(fs_store.root) == []
     assert fs_store.get(SEGMENT) == FOOTAGE
+
+
+def test_fs_put_stream_leaves_no_temp_files(fs_store: FilesystemStore) -> None:
+    fs_store.put_stream(SEGMENT, io.BytesIO(FOOTAGE), len(FOOTAGE), METADATA, _later())
+    with pytest.raises(Conflict):  # refused after its temp was written
+        fs_store.put_stream(SEGMENT, io.BytesIO(FOOTAGE[::-1]), len(FOOTAGE), METADATA)
+    with pytest.raises(InvalidInput):
+        fs_store.put_stream("thumbs/a", io.BytesIO(b"short"), 6, {})
+    with pytest.raises(OSError, match="simulated"):
+        fs_store.put_stream("thumbs/b", ChunkedSource(FOOTAGE, fail_after=1), len(FOOTAGE), {})
+
+    assert _stray_files(fs_store.root) == []
+    assert fs_store.get(SEGMENT) == FOOTAGE
+
+
+def _resident_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache (mincore(2) over a private, untouched mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    residency = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+    with path.open("rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_COPY)
+        try:
+            start = ctypes.c_char.from_buffer(mapped)
+            rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), size, residency)
+            del start
+        finally:
+            mapped.close()
+    assert rc == 0, os.strerror(ctypes.get_errno())
+    return sum(page & 1 for page in residency)
+
+
+def test_fs_put_stream_leaves_the_object_out_of_the_page_cache(
+    fs_store: FilesystemStore,
+) -> None:
+    # Sealed segments are written once and not read back by ingest: caching them only grows
+    # the page cache (P1). put() of small objects is unchanged.
+    data = os.urandom(4 << 20)
+    fs_store.put_stream(SEGMENT, io.BytesIO(data), len(data), METADATA)
+    fs_store.put("exports/small", data, {})
+
+    assert _resident_pages(fs_store.root / "objects" / SEGMENT) == 0
+    assert _resident_pages(fs_store.root / "objects" / "exports/small") > 0
+    assert fs_store.get(SEGMENT) == data
 
 
 def test_fs_refuses_to_replace_a_locked_object(fs_store: FilesystemStore) -> None:

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["MAX_DELETE_BATCH", "DeleteFailure", "ObjectInfo", "ObjectStore"]
+__all__ = [
+    "MAX_DELETE_BATCH",
+    "ByteSource",
+    "DeleteFailure",
+    "ObjectInfo",
+    "ObjectStore",
+    "SourceFailed",
+    "read_source",
+]
 
 MAX_DELETE_BATCH = 1000
 
@@ -27,6 +35,34 @@ class DeleteFailure:
     reason: str
 
 
+class ByteSource(Protocol):
+    """What ``put_stream`` reads from: an open binary file, ``io.BytesIO``, a
+    :class:`vault.crypto.SealingReader`."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+class SourceFailed(Exception):  # noqa: N818 - internal signal, re-raised as its cause
+    """The caller's stream failed while a store read it.
+
+    Stores turn their own I/O errors into :class:`vault.errors.Unavailable`; an error of the
+    *source* (the spool file, say) is not the store's, so it travels inside this wrapper past
+    that translation and ``put_stream`` re-raises the original.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def read_source(source: ByteSource, buffer: memoryview) -> int:
+    """Read once from ``source`` into ``buffer``; its exceptions come out as SourceFailed."""
+    try:
+        return source.readinto(buffer) or 0
+    except Exception as exc:
+        raise SourceFailed(exc) from exc
+
+
 class ObjectStore(Protocol):
     """Keys are ``/``-separated relative paths such as ``segments/site/cam/2026/11/29/<id>``.
 
@@ -44,6 +80,21 @@ class ObjectStore(Protocol):
         retain_until: datetime | None = None,
     ) -> None:
         """Store ``data`` durably; with ``retain_until`` it cannot be deleted before then."""
+
+    def put_stream(
+        self,
+        key: str,
+        source: ByteSource,
+        length: int,
+        metadata: Mapping[str, str],
+        retain_until: datetime | None = None,
+    ) -> None:
+        """``put`` of exactly ``length`` bytes read from ``source``, never held whole in memory.
+
+        The same durability, metadata, retention and idempotence as ``put``. A source that
+        gives fewer or more than ``length`` bytes is refused (:class:`InvalidInput`) and
+        nothing is stored; an exception raised by the source propagates unchanged.
+        """
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
 

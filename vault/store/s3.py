@@ -30,7 +30,7 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import certifi
 import urllib3
@@ -41,7 +41,14 @@ from minio.error import MinioException, S3Error
 from minio.retention import Retention
 
 from vault.errors import ConfigError, Conflict, InvalidInput, NotFound, Unavailable, VaultError
-from vault.store.base import MAX_DELETE_BATCH, DeleteFailure, ObjectInfo
+from vault.store.base import (
+    MAX_DELETE_BATCH,
+    ByteSource,
+    DeleteFailure,
+    ObjectInfo,
+    SourceFailed,
+    read_source,
+)
 from vault.store.fs import (
     PROBE_PREFIX,
     retention_instant,
@@ -63,6 +70,12 @@ _META_PREFIX = "x-amz-meta-"
 _RETAIN_UNTIL_HEADER = "x-amz-object-lock-retain-until-date"
 _LEGAL_HOLD_HEADER = "x-amz-object-lock-legal-hold"
 _MISSING = frozenset({"NoSuchKey", "NoSuchVersion"})
+# put_stream sends an object up to this size as one PUT and a larger one in parts of this size:
+# one request for a typical segment (1 minute of 1080p at 4 Mbit/s is ~30 MB), memory bounded
+# for any. S3 allows 5 MiB to 5 GiB per part and at most 10,000 parts.
+STREAM_PART_SIZE = 32 * 1024 * 1024
+_MIN_PART_SIZE = 5 * 1024 * 1024
+_MAX_PARTS = 10_000
 
 
 def http_client() -> urllib3.PoolManager:
@@ -89,9 +102,13 @@ class S3Store:
         *,
         create_bucket: bool = True,
         endpoint: str | None = None,
+        stream_part_size: int = STREAM_PART_SIZE,
     ) -> None:
+        if stream_part_size < _MIN_PART_SIZE:
+            raise ConfigError(f"stream_part_size must be at least {_MIN_PART_SIZE} bytes")
         self._client = client
         self.bucket = bucket
+        self._part_size = stream_part_size
         # Only for messages; minio keeps the endpoint private, hence the fallback's getattr.
         self.endpoint = endpoint or str(getattr(getattr(client, "_base_url", None), "host", "?"))
         if create_bucket:
@@ -153,6 +170,51 @@ class S3Store:
                 self._client.set_object_retention(
                     self.bucket, key, Retention(GOVERNANCE, until), version_id=written.version_id
                 )
+
+    def put_stream(
+        self,
+        key: str,
+        source: ByteSource,
+        length: int,
+        metadata: Mapping[str, str],
+        retain_until: datetime | None = None,
+    ) -> None:
+        """``put`` from a stream: one PUT up to the part size, a multipart upload beyond.
+
+        Memory is bounded by the part size (minio holds one part as bytes); a failed multipart
+        upload is aborted by minio, so no partial object becomes visible.
+        """
+        validate_key(key)
+        if length < 0:
+            raise InvalidInput(f"length must be >= 0 (got {length})")
+        headers: dict[str, str | list[str] | tuple[str]] = {
+            f"{_META_PREFIX}{name}": value for name, value in validate_metadata(metadata).items()
+        }
+        until = retention_instant(retain_until) if retain_until is not None else None
+        part_size = max(self._part_size, -(-length // _MAX_PARTS))
+        try:
+            if length == 0 and read_source(source, memoryview(bytearray(1))):
+                # minio reads nothing for an empty object: check here that it is empty.
+                raise InvalidInput(f"stream for {key} is longer than its length 0")
+            with self._errors("put", key):
+                written = self._client.put_object(
+                    self.bucket,
+                    key,
+                    # minio calls only read() on it (read_part_data).
+                    cast(BinaryIO, _ExactReader(source, length, key)),
+                    length,
+                    metadata=headers,
+                    part_size=part_size,
+                )
+                if until is not None:
+                    self._client.set_object_retention(
+                        self.bucket,
+                        key,
+                        Retention(GOVERNANCE, until),
+                        version_id=written.version_id,
+                    )
+        except SourceFailed as failed:
+            raise failed.error from None  # the source's own error, not the store's
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         validate_key(key)
@@ -340,3 +402,35 @@ class S3Store:
                 if key not in refused and self._versions(key)
             ]
         return failures
+
+
+class _ExactReader:
+    """``read(n)`` for minio over a :class:`ByteSource` that must hold exactly ``length`` bytes.
+
+    A short or long source raises :class:`InvalidInput` from inside the upload, before its
+    last part is sent, so nothing is stored.
+    """
+
+    def __init__(self, source: ByteSource, length: int, key: str) -> None:
+        self._source = source
+        self._left = length
+        self._length = length
+        self._key = key
+
+    def read(self, size: int = -1) -> bytes:
+        want = self._left if size < 0 else min(size, self._left)
+        buffer = bytearray(want)
+        view = memoryview(buffer)
+        got = 0
+        while got < want:
+            count = read_source(self._source, view[got:])
+            if not count:
+                raise InvalidInput(
+                    f"stream for {self._key} ended after {self._length - self._left + got}"
+                    f" of {self._length} bytes"
+                )
+            got += count
+        self._left -= got
+        if not self._left and read_source(self._source, memoryview(bytearray(1))):
+            raise InvalidInput(f"stream for {self._key} is longer than its length {self._length}")
+        return bytes(buffer)
