@@ -40,8 +40,8 @@ Delete, under the lock, for up to 1000 keys: per key read the attribute, refuse 
 unlink the object — on up to :data:`DELETE_WORKERS` threads, since unlinks wait on the disk and
 overlap; then fsync each directory that lost an entry, once. Every key is attempted; an error on
 one (e.g. an object without its attribute) is raised after the others went. Deleting a key that
-does not exist succeeds, as on S3. Empty directories are left in place: pruning them would race with a
-concurrent put creating its temp file there.
+does not exist succeeds, as on S3. Empty directories are left in place: pruning them would race
+with a concurrent put creating its temp file there.
 
 Crash recovery: leftover ``.*.tmp-*`` files are ignored by every read.
 
