@@ -7,7 +7,7 @@ Invariants:
 
 - P1 (I5, not before). A segment is marked ``purging`` only in a transaction that re-reads it as
   ``stored`` with ``retention_until <= as_of`` and ``as_of <= now``; the store's own lock
-  (S3 governance retention, the filesystem store's sidecar) refuses anything earlier anyway.
+  (S3 governance retention, the filesystem store's lock attribute) refuses anything earlier.
 - P2 (holds win). Active holds are read again in the transaction that marks a batch, and a
   ``purging`` row resumed after a crash is put back to ``stored`` if a hold now covers it and
   its object still exists. An object the store refuses to delete (retention, legal hold) keeps
@@ -42,7 +42,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -102,8 +102,7 @@ ACTOR = "system:purge"
 PURPOSE = "retention"
 _PLAN_CHUNK = 20_000  # due rows read (and planned) per query
 # Concurrent store calls per batch, by store: S3 round trips overlap; the filesystem store
-# serialises its deletes on its own lock and its work is CPU under the GIL (measured: 8 threads
-# cost it 12%), so it gets one.
+# spreads one delete_many over its own threads inside its lock, so it gets one call at a time.
 _STORE_WORKERS = {"s3": 8}
 _MIN_DELETE_CALL = 125
 _MIN_HEAD_CALL = 250
@@ -311,6 +310,15 @@ _ROW_COLUMNS = (
 )
 
 
+class _Removal(NamedTuple):
+    """What the store did with one batch (steps 7.2-7.4), for its record (step 7.5)."""
+
+    done: list[_Row]  # every object verified gone
+    back: list[str]  # segment ids going back to ``stored``
+    failed: list[Refusal]
+    resumed: bool
+
+
 def _rows(session: Session, stmt: Any) -> list[_Row]:
     return [_Row(*r) for r in session.execute(stmt).all()]
 
@@ -469,6 +477,8 @@ class _Run:
         self.purged_bytes = 0
         self.started_at = self._now()
         self._pool: ThreadPoolExecutor  # store calls in parallel, for the length of the run
+        self._stage: ThreadPoolExecutor  # one batch's store work while the next is marked
+        self._in_flight: list[Future[_Removal]] = []  # oldest first, recorded in this order
         self.plan_due = True
         self.workers = _STORE_WORKERS.get(ctx.store.name, 1)
 
@@ -491,10 +501,14 @@ class _Run:
             "purge run started run=%s trigger=%s as_of=%s", self.id, self.trigger, _iso(self.as_of)
         )
         try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="purge") as self._pool:
+            with (
+                ThreadPoolExecutor(self.workers, thread_name_prefix="purge") as self._pool,
+                ThreadPoolExecutor(1, thread_name_prefix="purge-store") as self._stage,
+            ):
                 self._resume_purging()
                 if plan_due:
                     self._purge_due()
+                self._settle(keep=0)
         except Exception as exc:
             error = exc.message if isinstance(exc, VaultError) else type(exc).__name__
             log.error("purge run failed run=%s error=%s", self.id, error)
@@ -527,6 +541,9 @@ class _Run:
                 )
                 holds = active_holds(session, self.as_of)
             if not rows:
+                # Recorded before planning: rows put back to ``stored`` are then seen (and
+                # their holds counted) by the plan.
+                self._settle(keep=0)
                 return
             last = rows[-1].id
             going: list[_Row] = []
@@ -615,9 +632,34 @@ class _Run:
         return [r for r in unheld if r.id in marked]
 
     def _execute(self, rows: Sequence[_Row], *, resumed: bool, revert: Sequence[_Row] = ()) -> None:
-        """Steps 7.2-7.5 for rows already ``purging``: delete, verify, erase and record."""
+        """Steps 7.2-7.5 for rows already ``purging``: delete, verify, erase and record.
+
+        The store work (7.2-7.4) of a batch runs on the stage thread while this thread marks
+        the next batch and records the previous one: disk and catalog overlap. Each batch keeps
+        its own order (marked, then deleted, verified, then recorded), batches are recorded in
+        the order they were marked, and at most two are between mark and record.
+        """
         if not rows and not revert:
             return
+        self._in_flight.append(self._stage.submit(self._remove, rows, resumed, revert))
+        self._settle(keep=1)
+
+    def _settle(self, *, keep: int) -> None:
+        """Record (step 7.5) the oldest batches in flight until ``keep`` are left."""
+        while len(self._in_flight) > keep:
+            removal = self._in_flight.pop(0).result()
+            for refusal in removal.failed:
+                log.warning(
+                    "purge refused run=%s segment=%s key=%s reason=%s",
+                    self.id,
+                    refusal.segment_id,
+                    refusal.key,
+                    refusal.reason,
+                )
+            self._record(removal.done, removal.back, removal.failed, resumed=removal.resumed)
+
+    def _remove(self, rows: Sequence[_Row], resumed: bool, revert: Sequence[_Row]) -> _Removal:
+        """Steps 7.2-7.4, store only (no catalog): delete objects, then thumbnails, verify."""
         refused: dict[str, Refusal] = {}  # object refused: the row goes back to stored
         incomplete: dict[str, Refusal] = {}  # object gone, not all else: stays purging
         by_key = {r.object_key: r for r in rows}
@@ -638,15 +680,7 @@ class _Run:
                 incomplete[row.id] = Refusal(row.id, key, "still present after the delete")
         done = [r for r in deleted if r.id not in incomplete]
         back = [r.id for r in revert] + list(refused)
-        for refusal in (*refused.values(), *incomplete.values()):
-            log.warning(
-                "purge refused run=%s segment=%s key=%s reason=%s",
-                self.id,
-                refusal.segment_id,
-                refusal.key,
-                refusal.reason,
-            )
-        self._record(done, back, [*refused.values(), *incomplete.values()], resumed=resumed)
+        return _Removal(done, back, [*refused.values(), *incomplete.values()], resumed)
 
     def _split(self, keys: Sequence[str], smallest: int) -> list[Sequence[str]]:
         """Up to ``self.workers`` slices of at least ``smallest`` keys (<= 1000 each)."""

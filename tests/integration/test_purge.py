@@ -327,6 +327,31 @@ def test_batches_of_at_most_batch_size_with_one_ledger_event_each(vault: Vault) 
     assert_proven(vault, report)
 
 
+def test_each_batch_is_marked_before_its_objects_go_and_recorded_after(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store work of one batch overlaps the catalog work of its neighbours; each batch
+    # still goes mark (commit) -> delete -> verify -> record (commit).
+    segments = vault.record("cam-a", T0, 7)
+    owner = {k: s.id for s in segments for k in (s.object_key, s.thumb_key) if k}
+    real = vault.ctx.store.delete_many
+    seen: list[set[str]] = []
+
+    def observed(keys: Sequence[str]) -> list[DeleteFailure]:
+        before = states(vault.ctx)
+        seen.append({before[owner[k]] for k in keys})
+        return real(keys)
+
+    monkeypatch.setattr(vault.ctx.store, "delete_many", observed)
+    report = vault.purge(segments[-1].retention_until, batch_size=3)
+
+    assert report.purged == 7
+    assert seen == [{"purging"}] * 6  # segments, then thumbnails, of each of 3 batches
+    for segment in segments:
+        assert_gone(vault.ctx, segment)
+    assert_proven(vault, report)
+
+
 # -- holds win ---------------------------------------------------------------------------------
 
 

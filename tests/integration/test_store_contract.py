@@ -7,7 +7,9 @@ one backend can show (an injected clock, temp files on disk, the S3 server going
 from __future__ import annotations
 
 import ctypes
+import errno
 import io
+import json
 import logging
 import mmap
 import os
@@ -26,7 +28,7 @@ from vault.errors import ConfigError, Conflict, InvalidInput, NotFound, Unavaila
 from vault.settings import Settings
 from vault.store.base import MAX_DELETE_BATCH, DeleteFailure, ObjectInfo, ObjectStore
 from vault.store.factory import ensure_lock_enforcement, open_store
-from vault.store.fs import FilesystemStore
+from vault.store.fs import LOCK_ATTRIBUTE, FilesystemStore
 from vault.store.s3 import S3Store
 from vault.timerange import FixedClock, utcnow
 
@@ -724,40 +726,213 @@ def test_fs_refuses_to_replace_a_locked_object(fs_store: FilesystemStore) -> Non
     assert fs_store.get(SEGMENT) == FOOTAGE
 
 
-def test_fs_lists_neither_sidecars_nor_temp_files(fs_store: FilesystemStore) -> None:
+def test_fs_lists_no_temp_files(fs_store: FilesystemStore) -> None:
     fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=_later())
-    # What a crash mid-put leaves behind: a temp file next to the object, an orphan sidecar.
+    # What a crash mid-put leaves behind: a temp file next to the object.
     objects_dir = fs_store.root / "objects" / Path(SEGMENT).parent
     (objects_dir / ".seg-0002.tmp-deadbeef").write_bytes(b"partial")
-    orphan = fs_store.root / "meta" / "segments" / "orphan.json"
-    orphan.write_text('{"metadata": {}, "retain_until": null, "legal_hold": false}')
 
     assert list(fs_store.list("")) == [SEGMENT]
-    assert (fs_store.root / "meta" / f"{SEGMENT}.json").is_file()
-    assert fs_store.head("segments/orphan") is None
+    assert fs_store.head("segments/site1/cam1/2026/11/29/seg-0002") is None
 
 
-def test_fs_put_after_an_orphan_sidecar(fs_store: FilesystemStore) -> None:
-    # A crash between sidecar and object leaves the sidecar alone; the retried put must win.
-    sidecar = fs_store.root / "meta" / f"{SEGMENT}.json"
-    sidecar.parent.mkdir(parents=True)
-    sidecar.write_text(
-        '{"metadata": {}, "retain_until": "2999-01-01T00:00:00+00:00", "legal_hold": true}'
+def test_fs_keeps_one_file_per_object_with_its_lock_attribute(fs_store: FilesystemStore) -> None:
+    until = _later()
+    fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=until)
+    fs_store.set_legal_hold(SEGMENT, True)
+
+    files = [
+        str(Path(d, f).relative_to(fs_store.root))
+        for d, _, names in os.walk(fs_store.root)
+        for f in names
+    ]
+    assert sorted(files) == [".lock", f"objects/{SEGMENT}"]
+    lock = json.loads(os.getxattr(fs_store.root / "objects" / SEGMENT, LOCK_ATTRIBUTE))
+    assert lock == {"metadata": METADATA, "retain_until": until.isoformat(), "legal_hold": True}
+
+
+def test_fs_locks_hold_after_reopening_the_store(tmp_path: Path) -> None:
+    clock = FixedClock(datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
+    until = datetime(2026, 11, 29, 13, 0, tzinfo=UTC)
+    first = FilesystemStore(tmp_path / "store", clock=clock.now)
+    first.put(SEGMENT, FOOTAGE, METADATA, retain_until=until)
+    first.put("thumbs/held", b"t", {})
+    first.set_legal_hold("thumbs/held", True)
+
+    again = FilesystemStore(tmp_path / "store", clock=clock.now)
+    refused = again.delete_many([SEGMENT, "thumbs/held"])
+    assert refused == [
+        DeleteFailure(SEGMENT, f"retained until {until.isoformat()}"),
+        DeleteFailure("thumbs/held", "under legal hold"),
+    ]
+    with pytest.raises(Conflict):
+        again.set_retention(SEGMENT, until - timedelta(seconds=1))  # never shortened
+    again.set_retention(SEGMENT, until + timedelta(hours=1))
+    assert again.head(SEGMENT) == ObjectInfo(
+        key=SEGMENT, size=len(FOOTAGE), metadata=METADATA,
+        retain_until=until + timedelta(hours=1),
     )
+    clock.advance(timedelta(hours=1, minutes=59))
+    assert [f.key for f in FilesystemStore(tmp_path / "store", clock=clock.now)
+            .delete_many([SEGMENT])] == [SEGMENT]
+    clock.advance(timedelta(minutes=1))
+    assert FilesystemStore(tmp_path / "store", clock=clock.now).delete_many([SEGMENT]) == []
+    assert again.head(SEGMENT) is None
+    assert again.head("thumbs/held") is not None
 
-    fs_store.put(SEGMENT, FOOTAGE, METADATA)
 
-    info = fs_store.head(SEGMENT)
-    assert info == ObjectInfo(key=SEGMENT, size=len(FOOTAGE), metadata=METADATA)
+def test_fs_object_exists_only_with_its_lock(
+    fs_store: FilesystemStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # F2: the rename that gives the object its name finds the lock already on the temp file.
+    seen: list[dict[str, object]] = []
+    real_replace = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        seen.append(json.loads(os.getxattr(src, LOCK_ATTRIBUTE)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    until = _later()
+    fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=until)
+
+    assert seen == [{"metadata": METADATA, "retain_until": until.isoformat(), "legal_hold": False}]
 
 
-def test_fs_unreadable_sidecar_never_unlocks(fs_store: FilesystemStore) -> None:
+def test_fs_object_without_lock_metadata_is_an_error(fs_store: FilesystemStore) -> None:
+    # E.g. a store copied without extended attributes: its locks are unknown, not absent.
     fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=_later())
-    (fs_store.root / "meta" / f"{SEGMENT}.json").write_text("{not json")
+    os.removexattr(fs_store.root / "objects" / SEGMENT, LOCK_ATTRIBUTE)
 
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable, match="no lock metadata"):
+        fs_store.delete_many([SEGMENT])
+    with pytest.raises(Unavailable, match="no lock metadata"):
+        fs_store.head(SEGMENT)
+    with pytest.raises(Unavailable, match="no lock metadata"):
+        fs_store.put(SEGMENT, b"other bytes", METADATA)
+    with pytest.raises(Unavailable, match="no lock metadata"):
+        fs_store.set_legal_hold(SEGMENT, False)
+    assert fs_store.get(SEGMENT) == FOOTAGE
+    assert _stray_files(fs_store.root) == []
+
+
+def test_fs_unreadable_lock_metadata_never_unlocks(fs_store: FilesystemStore) -> None:
+    fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=_later())
+    os.setxattr(fs_store.root / "objects" / SEGMENT, LOCK_ATTRIBUTE, b"{not json")
+
+    with pytest.raises(Unavailable, match="unreadable lock metadata"):
         fs_store.delete_many([SEGMENT])
     assert fs_store.get(SEGMENT) == FOOTAGE
+
+
+def test_fs_many_keys_are_deleted_in_parallel_and_locks_still_win(
+    fs_store: FilesystemStore,
+) -> None:
+    keys = [
+        f"segments/site1/cam{n % 3}/2026/11/29/seg-{n:04d}" for n in range(MAX_DELETE_BATCH - 1)
+    ]
+    retained = set(keys[::7])
+    held = set(keys[3::11]) - retained
+    for key in keys:
+        fs_store.put(key, key.encode(), {}, retain_until=_later() if key in retained else None)
+    for key in held:
+        fs_store.set_legal_hold(key, True)
+    missing = "segments/site1/cam9/2026/11/29/never-stored"
+
+    failures = fs_store.delete_many([*keys[:500], missing, *keys[500:]])
+
+    assert [f.key for f in failures] == [k for k in keys if k in retained or k in held]
+    assert {f.reason for f in failures if f.key in held} == {"under legal hold"}
+    assert list(fs_store.list("segments/")) == sorted(retained | held)
+    assert all(fs_store.get(k) == k.encode() for k in retained | held)
+
+
+def test_fs_parallel_delete_reports_an_object_without_lock_and_keeps_it(
+    fs_store: FilesystemStore,
+) -> None:
+    keys = [f"segments/site1/cam1/2026/11/29/seg-{n:04d}" for n in range(100)]
+    for key in keys:
+        fs_store.put(key, b"x", {})
+    os.removexattr(fs_store.root / "objects" / keys[40], LOCK_ATTRIBUTE)
+
+    with pytest.raises(Unavailable, match="no lock metadata"):
+        fs_store.delete_many(keys)
+    assert fs_store.get(keys[40]) == b"x"
+    # Every other key was attempted; a retry after repair finishes the job.
+    assert list(fs_store.list("segments/")) == [keys[40]]
+
+
+def test_fs_refuses_a_filesystem_without_user_xattrs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", unsupported)
+    with pytest.raises(ConfigError, match="extended attributes"):
+        FilesystemStore(tmp_path / "store")
+    assert list((tmp_path / "store").iterdir()) == [tmp_path / "store" / "objects"]
+
+
+def _legacy_store(root: Path, objects: dict[str, bytes], sidecars: dict[str, str]) -> None:
+    """A store as written before the lock attribute: objects and ``meta/<key>.json`` files."""
+    for key, data in objects.items():
+        (root / "objects" / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "objects" / key).write_bytes(data)
+    for key, text in sidecars.items():
+        (root / "meta" / f"{key}.json").parent.mkdir(parents=True, exist_ok=True)
+        (root / "meta" / f"{key}.json").write_text(text)
+
+
+def test_fs_migrates_a_store_with_lock_sidecars(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    until = _later()
+    migrated_before_a_crash = "segments/site1/cam1/2026/11/29/seg-0004"
+    _legacy_store(
+        root,
+        {SEGMENT: FOOTAGE, "thumbs/held": b"t", "thumbs/free": b"f", "exports/bare": b"e",
+         migrated_before_a_crash: b"m"},
+        {
+            SEGMENT: json.dumps({"metadata": METADATA, "retain_until": until.isoformat(),
+                                 "legal_hold": False}),
+            "thumbs/held": '{"metadata": {}, "retain_until": null, "legal_hold": true}',
+            "thumbs/free": '{"metadata": {"kind": "t"}, "retain_until": null, "legal_hold": false}',
+            "segments/orphan": '{"metadata": {}, "retain_until": null, "legal_hold": true}',
+            migrated_before_a_crash: '{"metadata": {}, "retain_until": null, "legal_hold": true}',
+        },
+    )
+    os.setxattr(root / "objects" / migrated_before_a_crash, LOCK_ATTRIBUTE,
+                b'{"legal_hold":true,"metadata":{},"retain_until":null}')
+
+    store = FilesystemStore(root)
+
+    assert not (root / "meta").exists()
+    assert store.head(SEGMENT) == ObjectInfo(
+        key=SEGMENT, size=len(FOOTAGE), metadata=METADATA, retain_until=until
+    )
+    assert store.head("thumbs/free") == ObjectInfo(
+        key="thumbs/free", size=1, metadata={"kind": "t"}
+    )
+    assert store.head("exports/bare") == ObjectInfo(key="exports/bare", size=1)  # was unlocked
+    assert store.head("segments/orphan") is None
+    assert [f.key for f in store.delete_many(
+        [SEGMENT, "thumbs/held", "thumbs/free", "exports/bare", migrated_before_a_crash]
+    )] == [SEGMENT, "thumbs/held", migrated_before_a_crash]
+    assert list(store.list("")) == sorted([SEGMENT, "thumbs/held", migrated_before_a_crash])
+
+
+def test_fs_migration_stops_at_an_unreadable_sidecar(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    _legacy_store(root, {SEGMENT: FOOTAGE}, {SEGMENT: "{not json"})
+
+    with pytest.raises(Unavailable, match="unreadable lock metadata"):
+        FilesystemStore(root)
+    assert (root / "meta" / f"{SEGMENT}.json").read_text() == "{not json"
+    (root / "meta" / f"{SEGMENT}.json").write_text(
+        '{"metadata": {}, "retain_until": null, "legal_hold": true}'
+    )
+    store = FilesystemStore(root)  # repaired: the migration runs again and completes
+    assert store.delete_many([SEGMENT]) == [DeleteFailure(SEGMENT, "under legal hold")]
 
 
 def test_fs_key_colliding_with_a_directory_is_a_conflict(fs_store: FilesystemStore) -> None:
