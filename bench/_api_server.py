@@ -31,7 +31,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.supervisors import Multiprocess
 
-from cctv_vault.runtime import build_api, open_vault
+from cctv_vault.runtime import build_api, open_vault, tune_api_process
 from vault.ledger import NullLedger
 from vault.settings import Settings
 
@@ -132,6 +132,7 @@ def create() -> ASGIApp:
     if mode not in ("on", "off"):
         raise SystemExit(f"{LEDGER_ENV} must be on or off, not {mode!r}")
     settings = Settings()
+    tune_api_process(settings)
     ctx = open_vault(settings)
     app, _writer = build_api(settings, ctx, sink=NullLedger() if mode == "off" else None)
     stats = os.environ.get(STATS_ENV)

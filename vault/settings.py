@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address the access API listens on")
     api_port: int = Field(8080, ge=1, le=65535, description="Port of the access API")
+    api_gil_switch_ms: float = Field(
+        0.5,
+        gt=0,
+        le=100,
+        description=(
+            "Python's thread switch interval in API worker processes (ms). Lower than the "
+            "interpreter's 5 ms so the ledger writer thread is not held off by request threads"
+        ),
+    )
     token_ttl_minutes: int = Field(15, ge=1, le=15, description="Lifetime of API access tokens")
     grant_ttl_minutes: int = Field(60, ge=1, le=24 * 60, description="Lifetime of a viewing grant")
     auto_grant_window_hours: float = Field(

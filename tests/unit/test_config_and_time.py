@@ -98,3 +98,19 @@ def test_time_range_is_half_open() -> None:
     assert r.overlaps(TimeRange(t - timedelta(seconds=1), t + timedelta(seconds=1)))
     with pytest.raises(InvalidInput, match="before start"):
         TimeRange(t, t - timedelta(seconds=1))
+
+
+def test_an_api_process_takes_the_configured_thread_switch_interval() -> None:
+    import sys
+
+    from cctv_vault.runtime import tune_api_process
+    from vault.settings import Settings
+
+    before = sys.getswitchinterval()
+    try:
+        tune_api_process(Settings(api_gil_switch_ms=0.5))
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
+    with pytest.raises(ValueError, match="api_gil_switch_ms"):
+        Settings(api_gil_switch_ms=0)
