@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 12  # kills that must land while a run is in progress, at least a quarter each way
 MAX_LIVES = 120  # a loaded machine shifts where random instants land; allow more lives
-NIGHTS = 16  # footage recorded on this many days; life n purges as of night n
+NIGHTS = 28  # days of footage (< 30: the last night must be past, T0 is 120 days ago)
 PER_NIGHT = 10  # segments per night and camera
 BATCH = 4
 RETENTION = timedelta(days=90)
@@ -82,8 +82,12 @@ def child() -> None:
         ctx = _self_killing(ctx, kill_at)
     sys.stdout.write("ready\n")  # the parent's cue: the purge starts now
     sys.stdout.flush()
+    began = time.monotonic()
     report = run_purge(ctx, signing_key=key, trigger="kill-test", as_of=as_of, batch_size=BATCH)
-    sys.stdout.write(json.dumps({"run": report.run_id, "purged": report.purged}) + "\n")
+    seconds = time.monotonic() - began
+    sys.stdout.write(
+        json.dumps({"run": report.run_id, "purged": report.purged, "seconds": seconds}) + "\n"
+    )
 
 
 def _self_killing(ctx: VaultContext, kill_at: int) -> VaultContext:
@@ -142,7 +146,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         admin.dispose()
 
 
-def _life(env: dict[str, str], as_of: datetime, kill_at: int, delay: float | None) -> int:
+def _life(
+    env: dict[str, str], as_of: datetime, kill_at: int, delay: float | None
+) -> tuple[int, float]:
+    """Run one life; its exit code and, if it finished, how long its purge run took."""
     proc = subprocess.Popen(
         [sys.executable, "-c", "from tests.e2e.test_purge_crash import child; child()",
          as_of.isoformat(), str(kill_at)],
@@ -154,13 +161,14 @@ def _life(env: dict[str, str], as_of: datetime, kill_at: int, delay: float | Non
         if cue.strip() == "ready" and delay is not None:
             time.sleep(delay)  # fault injection: the random instant, not a synchronisation
             proc.send_signal(signal.SIGKILL)
-        _out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
         proc.wait(timeout=30)
     if proc.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(f"purge child failed ({proc.returncode}): {err[-3000:]}")
-    return proc.returncode
+    took = json.loads(out.splitlines()[-1])["seconds"] if proc.returncode == 0 else 0.0
+    return proc.returncode, took
 
 
 def _runs(ctx: VaultContext) -> list[PurgeRun]:
@@ -205,18 +213,25 @@ def test_kill_minus_nine_of_the_purge_at_random_instants(
 
     kills = {"by-parent": 0, "self": 0}  # kills that landed while a run was in progress
     left_purging = lives = 0
-    n = 0
+    n = 1
+    # The parent's random instant is drawn within how long a whole run has lately taken here
+    # (a faster purge or a slower machine moves it), so its kills keep landing mid-run.
+    run_s = 0.6
     while sum(kills.values()) < KILLS or min(kills.values()) < KILLS // 4:
         assert lives < MAX_LIVES, f"only {kills} kills landed mid-run in {lives} lives"
         lives += 1
-        n = min(n + 1, NIGHTS - 1)
         by_parent = lives % 2 == 0
-        code = _life(
+        code, took = _life(
             env,
             night(n),
             kill_at=0 if by_parent else rng.randint(1, 120),
-            delay=rng.uniform(0.0, 0.6) if by_parent else None,
+            delay=rng.uniform(0.0, run_s) if by_parent else None,
         )
+        if code == 0:
+            run_s = max(0.02, took)
+            # The next night only once a life has finished this one's work: a killed life
+            # leaves its remainder to the next, so no life runs out of work to interrupt.
+            n = min(n + 1, NIGHTS - 1)
         if code == -signal.SIGKILL and any(r.state == RunState.RUNNING for r in _runs(ctx)):
             kills["by-parent" if by_parent else "self"] += 1
         # Whatever was interrupted, nothing committed is undone and nothing is half purged
@@ -231,7 +246,7 @@ def test_kill_minus_nine_of_the_purge_at_random_instants(
         seed, lives, kills, left_purging,
     )
     # The restart: one orderly run as of the last night finishes everything.
-    assert _life(env, night(NIGHTS - 1), kill_at=0, delay=None) == 0
+    assert _life(env, night(NIGHTS - 1), kill_at=0, delay=None)[0] == 0
     final = {s.id: s for s in _segments(ctx)}
     runs = _runs(ctx)
     assert all(r.state != RunState.RUNNING for r in runs)
