@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -182,7 +183,8 @@ class SealingReader:
     associated data, while holding one plaintext chunk in memory: ciphertext is written
     straight into the caller's buffer. ``plaintext_size`` is the length that was hashed; a
     plaintext that turns out shorter or longer raises :class:`IntegrityError` before the tag
-    is produced, so a blob that does not match its hash is never completed.
+    is produced, and so may ``before_tag`` (the caller's proof that the plaintext is still
+    what it hashed), so a blob that does not match its hash is never completed.
     """
 
     def __init__(
@@ -194,6 +196,7 @@ class SealingReader:
         keys: KeyProvider,
         *,
         chunk: int = STREAM_CHUNK,
+        before_tag: Callable[[], None] | None = None,
     ) -> None:
         if plaintext_size < 0 or chunk < 1:
             raise ValueError("plaintext_size must be >= 0 and chunk >= 1")
@@ -208,6 +211,7 @@ class SealingReader:
         # ciphertext of a piece encrypted aside when the caller's buffer had too little room.
         self._pending = memoryview(MAGIC + seal.nonce)
         self._aside = bytearray(16 + _UPDATE_SLACK)
+        self._before_tag = before_tag
         self._finished = False
 
     def readinto(self, buffer: memoryview | bytearray) -> int:
@@ -235,6 +239,8 @@ class SealingReader:
             elif not self._finished:
                 if self._read_plain_once(1):
                     raise IntegrityError("plaintext is longer than when it was hashed")
+                if self._before_tag is not None:
+                    self._before_tag()
                 self._encryptor.finalize()
                 self._pending = memoryview(self._encryptor.tag)
                 self._finished = True

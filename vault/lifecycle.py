@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -97,6 +98,10 @@ def _remove_spool_files(pending: PendingSegment, spool: Path) -> None:
     fsync_dir(spool)
 
 
+def _file_version(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def commit_segment(ctx: VaultContext, pending: PendingSegment, spool: Path) -> Segment:
     """Commit one closed segment from the spool into the vault. Safe to call again."""
     if pending.state != "closed" or pending.end is None:
@@ -121,7 +126,10 @@ def commit_segment(ctx: VaultContext, pending: PendingSegment, spool: Path) -> S
     media_path = pending.media_path(spool)
     # Two streamed passes (hash, then seal): the associated data binds the hash, and AES-GCM
     # takes all associated data before the first byte. Both read the spool file through one
-    # reused buffer; the closed file does not change while this process holds the spool.
+    # reused buffer. The closed file must not change in between: a length change fails the
+    # seal, and any write (the file's inode, size, mtime and ctime) fails it before the tag,
+    # so an object whose plaintext differs from the recorded hash is never completed (I6).
+    hashed = _file_version(os.stat(media_path))
     sha256, media_bytes = sha256_file(media_path)
     thumb_path = pending.thumb_path(spool)
     thumb = thumb_path.read_bytes() if thumb_path.exists() else None
@@ -151,7 +159,12 @@ def commit_segment(ctx: VaultContext, pending: PendingSegment, spool: Path) -> S
     }
     aad = _segment_aad(pending.segment_id, camera.id, pending.start, sha256)
     with media_path.open("rb", buffering=0) as plaintext:
-        sealed = SealingReader(plaintext, media_bytes, seal, aad, ctx.keys)
+
+        def unchanged() -> None:
+            if _file_version(os.fstat(plaintext.fileno())) != hashed:
+                raise IntegrityError(f"spool file {media_path.name} changed while it was sealed")
+
+        sealed = SealingReader(plaintext, media_bytes, seal, aad, ctx.keys, before_tag=unchanged)
         ctx.store.put_stream(key, sealed, sealed.length, metadata, retain_until=retention_until)
 
     thumb_key = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -323,6 +324,36 @@ def test_spool_file_that_changed_after_hashing_is_refused(
 
     monkeypatch.setattr(lifecycle, "sha256_file", hash_then_append)
     with pytest.raises(IntegrityError, match="longer than when it was hashed"):
+        commit_segment(ctx, pending, spool)
+    assert ctx.store.head(f"segments/tokyo-1/cam-a/2026/11/29/{pending.segment_id}") is None
+    with unit_of_work(ctx.engine) as session:
+        assert list(session.exec(select(Segment))) == []
+
+
+def test_spool_file_rewritten_in_place_after_hashing_is_refused(
+    ctx: VaultContext, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Same length, other bytes: the seal's length check cannot see it; the file's version
+    # (inode, size, mtime, ctime) checked before the tag does, so nothing is stored whose
+    # plaintext differs from the hash in its row (I6).
+    pending = closed_segment(spool)
+    media_path = pending.media_path(spool)
+    closed_at = time.time_ns() - 10 * 1_000_000_000  # as a recorder closed it, seconds ago
+    os.utime(media_path, ns=(closed_at, closed_at))
+    import vault.lifecycle as lifecycle
+
+    real_hash = lifecycle.sha256_file
+
+    def hash_then_overwrite(path: Path) -> tuple[str, int]:
+        digest = real_hash(path)
+        with path.open("r+b") as handle:
+            first = handle.read(1)
+            handle.seek(0)
+            handle.write(bytes([first[0] ^ 0xFF]))
+        return digest
+
+    monkeypatch.setattr(lifecycle, "sha256_file", hash_then_overwrite)
+    with pytest.raises(IntegrityError, match="changed while it was sealed"):
         commit_segment(ctx, pending, spool)
     assert ctx.store.head(f"segments/tokyo-1/cam-a/2026/11/29/{pending.segment_id}") is None
     with unit_of_work(ctx.engine) as session:
