@@ -152,24 +152,46 @@ def camera_or_404(session: Session, camera_id: str) -> Camera:
     return camera
 
 
+_SEG = Segment.__table__.c  # type: ignore[attr-defined]
+_GAP = Gap.__table__.c  # type: ignore[attr-defined]
+
+# The one definition of "overlaps the window" for each table, shared by the ORM lookups and
+# the timeline's light one. Parameters from :func:`_range_params`. A segment spans at most
+# ``MAX_SEGMENT_SECONDS``, so only rows starting after ``window.start`` minus that can overlap:
+# the ``(camera_id, start)`` index bounds the scan on both sides.
+_SEGMENT_OVERLAPS = (
+    _SEG.camera_id == bindparam("camera"),
+    _SEG.start >= bindparam("lower"),
+    _SEG.start < bindparam("upper"),
+    _SEG.end > bindparam("begin"),
+)
+_GAP_OVERLAPS = (
+    _GAP.camera_id == bindparam("camera"),
+    _GAP.start < bindparam("upper"),
+    _GAP.end > bindparam("begin"),
+)
+
+
+def _range_params(camera_id: str, window: TimeRange) -> dict[str, object]:
+    return {
+        "camera": camera_id,
+        "lower": window.start - timedelta(seconds=MAX_SEGMENT_SECONDS),
+        "upper": window.end,
+        "begin": window.start,
+    }
+
+
 def segments_in_range(
     session: Session, camera_id: str, window: TimeRange, *, states: Sequence[str] = ("stored",)
 ) -> list[Segment]:
-    """Segments of a camera overlapping ``window`` (half-open), ordered by start.
-
-    Uses the ``(camera_id, start)`` index: a segment spans at most ``MAX_SEGMENT_SECONDS``,
-    so only rows starting after ``window.start`` minus that can overlap.
-    """
+    """Segments of a camera overlapping ``window`` (half-open), ordered by start."""
     stmt = (
         select(Segment)
-        .where(Segment.camera_id == camera_id)
-        .where(col(Segment.start) >= window.start - timedelta(seconds=MAX_SEGMENT_SECONDS))
-        .where(col(Segment.start) < window.end)
-        .where(col(Segment.end) > window.start)
+        .where(*_SEGMENT_OVERLAPS)
         .where(col(Segment.state).in_(list(states)))
         .order_by(col(Segment.start))
     )
-    return list(session.exec(stmt))
+    return list(session.exec(stmt, params=_range_params(camera_id, window)))
 
 
 def last_segment_end(session: Session, camera_id: str) -> datetime | None:
@@ -185,14 +207,8 @@ def last_segment_end(session: Session, camera_id: str) -> datetime | None:
 
 
 def gaps_in_range(session: Session, camera_id: str, window: TimeRange) -> list[Gap]:
-    stmt = (
-        select(Gap)
-        .where(Gap.camera_id == camera_id)
-        .where(col(Gap.start) < window.end)
-        .where(col(Gap.end) > window.start)
-        .order_by(col(Gap.start))
-    )
-    return list(session.exec(stmt))
+    stmt = select(Gap).where(*_GAP_OVERLAPS).order_by(col(Gap.start))
+    return list(session.exec(stmt, params=_range_params(camera_id, window)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +232,6 @@ class TimelineGap:
     reason: str
 
 
-_SEG = Segment.__table__.c  # type: ignore[attr-defined]
-_GAP = Gap.__table__.c  # type: ignore[attr-defined]
-
 # Built once: plain Core statements over the columns a timeline answers with, so a lookup
 # reuses one compiled form and builds no ORM objects (half of a lookup's cost otherwise).
 _TIMELINE_SEGMENTS = (
@@ -226,18 +239,13 @@ _TIMELINE_SEGMENTS = (
         _SEG.id, _SEG.start, _SEG.end, _SEG.bytes, _SEG.codec, _SEG.width, _SEG.height,
         _SEG.thumb_key,
     )
-    .where(_SEG.camera_id == bindparam("camera"))
-    .where(_SEG.start >= bindparam("lower"))
-    .where(_SEG.start < bindparam("upper"))
-    .where(_SEG.end > bindparam("begin"))
+    .where(*_SEGMENT_OVERLAPS)
     .where(_SEG.state == "stored")
     .order_by(_SEG.start)
 )
 _TIMELINE_GAPS = (
     core_select(_GAP.start, _GAP.end, _GAP.reason)
-    .where(_GAP.camera_id == bindparam("camera"))
-    .where(_GAP.start < bindparam("upper"))
-    .where(_GAP.end > bindparam("begin"))
+    .where(*_GAP_OVERLAPS)
     .order_by(_GAP.start)
 )
 
@@ -247,12 +255,7 @@ def timeline(
 ) -> tuple[list[TimelineSegment], list[TimelineGap]]:
     """Stored segments and gaps of a camera overlapping ``window``: the same rows as
     :func:`segments_in_range` and :func:`gaps_in_range`, as light records (metadata only)."""
-    params = {
-        "camera": camera_id,
-        "lower": window.start - timedelta(seconds=MAX_SEGMENT_SECONDS),
-        "upper": window.end,
-        "begin": window.start,
-    }
+    params = _range_params(camera_id, window)
     segments = [
         TimelineSegment(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] is not None)
         for r in conn.execute(_TIMELINE_SEGMENTS, params)

@@ -1,0 +1,72 @@
+"""The timeline's light lookup answers exactly what the ORM range lookups answer, edges included."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+
+from tests.integration.test_purge import CONFIG, T0
+from vault.catalog import gaps_in_range, segments_in_range, sync_config, timeline
+from vault.config import parse_config
+from vault.db import reading, unit_of_work
+from vault.models import MAX_SEGMENT_SECONDS, Gap, Segment
+from vault.timerange import TimeRange
+
+MIN = timedelta(minutes=1)
+
+
+def _segment(camera: str, start_min: float, minutes: float, state: str = "stored",
+             thumb: bool = True) -> Segment:
+    sid = str(uuid.uuid4())
+    start = T0 + start_min * MIN
+    return Segment(
+        id=sid, camera_id=camera, run_id="run", start=start, end=start + minutes * MIN,
+        media_duration=minutes * 60, frames=100, codec="h264", width=1920, height=1080,
+        bytes=1000, sha256="0" * 64, object_key=f"segments/x/{sid}", key_id="k",
+        wrapped_dek=b"w", thumb_key=f"thumbs/x/{sid}" if thumb else None,
+        retention_until=start + timedelta(days=90), state=state, created_at=start,
+    )
+
+
+def test_timeline_is_the_stored_rows_of_the_range_lookups(engine: Engine) -> None:
+    longest = MAX_SEGMENT_SECONDS / 60
+    rows = [
+        _segment("cam-a", -longest + 1, longest),  # long, starts well before, overlaps
+        _segment("cam-a", -2, 2),  # ends exactly at the window's start: out
+        _segment("cam-a", 0, 1, thumb=False),
+        _segment("cam-a", 1, 1, state="purging"),  # not stored: never on a timeline
+        _segment("cam-a", 2, 1, state="purged"),
+        _segment("cam-a", 9.5, 1),  # starts inside, ends after
+        _segment("cam-a", 10, 1),  # starts at the window's end: out
+        _segment("cam-b", 3, 1),  # another camera
+    ]
+    gaps = [
+        Gap(id=str(uuid.uuid4()), camera_id="cam-a", start=T0 - 30 * MIN, end=T0 + 0.5 * MIN,
+            reason="source offline", created_at=T0),
+        Gap(id=str(uuid.uuid4()), camera_id="cam-a", start=T0 + 10 * MIN, end=T0 + 11 * MIN,
+            reason="starts at the end: out", created_at=T0),
+        Gap(id=str(uuid.uuid4()), camera_id="cam-b", start=T0, end=T0 + MIN,
+            reason="other camera", created_at=T0),
+    ]
+    with unit_of_work(engine) as session:
+        sync_config(session, parse_config(CONFIG), {}, at=T0)
+        session.add_all([*rows, *gaps])
+    window = TimeRange(T0, T0 + 10 * MIN)
+
+    with unit_of_work(engine) as session:
+        orm_segments = segments_in_range(session, "cam-a", window)
+        orm_gaps = gaps_in_range(session, "cam-a", window)
+    with reading(engine) as conn:
+        light_segments, light_gaps = timeline(conn, "cam-a", window)
+
+    assert [s.id for s in orm_segments] == [rows[0].id, rows[2].id, rows[5].id]
+    assert [(s.id, s.start, s.end, s.bytes, s.has_thumbnail) for s in light_segments] == [
+        (s.id, s.start, s.end, s.bytes, s.thumb_key is not None) for s in orm_segments
+    ]
+    assert [g.reason for g in orm_gaps] == ["source offline"]
+    assert [(g.start, g.end, g.reason) for g in light_gaps] == [
+        (g.start, g.end, g.reason) for g in orm_gaps
+    ]
+    assert all(s.start.tzinfo is not None for s in light_segments)  # UTC-aware, as the ORM's
