@@ -117,9 +117,8 @@ def requires(action: Action) -> Callable[..., Any]:
                 raise Unauthenticated("a bearer token is required")
             identity = services.tokens.verify(credentials.credentials)
         except Unauthenticated as exc:
-            await run_in_threadpool(
-                services.auditor.record, "anonymous", "auth.token", target, "refused",
-                reason=exc.message, client=client,
+            await services.auditor.arecord(
+                "anonymous", "auth.token", target, "refused", reason=exc.message, client=client
             )
             raise
         return await run_in_threadpool(_authorize, services, identity, action, target, client)

@@ -482,6 +482,9 @@ class LedgerWriter:
         await asyncio.wait((future,), timeout=self.write_timeout_s)
         if not future.done():
             self._abandon([waiter])
+            # Nobody reads this future any more: cancelled, the writer's settling skips it
+            # (and an outcome set on it later would be an exception nobody retrieves).
+            future.cancel()
             if waiter.state is _State.TAKEN and waiter.seq is not None and waiter.error is None:
                 return waiter.seq  # finished while we were giving up
             raise Unavailable(
