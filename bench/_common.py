@@ -125,3 +125,18 @@ def last_json_line(text: str) -> dict[str, Any]:
         if line.startswith("{"):
             return dict(json.loads(line))
     raise ValueError("child printed no JSON result")
+
+
+def pg_reachable(url: str) -> bool:
+    """Whether a PostgreSQL server answers at ``url`` (benchmarks skip that backend if not)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()

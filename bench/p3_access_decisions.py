@@ -78,6 +78,7 @@ from bench._common import (
     child_env,
     machine,
     median,
+    pg_reachable,
     run_measured,
     table,
     write_result,
@@ -630,18 +631,6 @@ def one_run(
 
 
 # -- main --------------------------------------------------------------------------------------
-
-
-def pg_reachable(url: str) -> bool:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False
-    finally:
-        engine.dispose()
 
 
 def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from typing import Any
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 
-from bench._common import OUT, machine, median, table, write_result
+from bench._common import OUT, machine, median, pg_reachable, table, write_result
 from vault.catalog import sync_config, timeline
 from vault.config import parse_config
 from vault.db import make_engine, migrate, reading, unit_of_work
@@ -442,18 +442,6 @@ def query_plans(engine: Engine, shape: Shape, lk: Lookup) -> list[str]:
 
 
 # -- main --------------------------------------------------------------------------------------
-
-
-def pg_reachable(url: str) -> bool:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False
-    finally:
-        engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
