@@ -33,6 +33,7 @@ from access_api.policy import (
     Role,
     decide,
 )
+from vault.db import Prepared
 from vault.errors import Conflict, InvalidInput, NotFound
 from vault.models import AccessRequest, Camera, Grant
 from vault.timerange import TimeRange, as_utc
@@ -67,7 +68,7 @@ def visible_camera(session: Session, principal: PrincipalView, camera_id: str) -
 _CAM = Camera.__table__.c  # type: ignore[attr-defined]
 _GRANT_TABLE = Grant.__table__  # type: ignore[attr-defined]
 _GRANT = _GRANT_TABLE.c
-# Read on every footage call: a plain Core statement, compiled once, no ORM objects.
+# Read on every footage call: a plain Core statement, compiled once, run on the cursor.
 _GRANT_COLUMNS = (
     _GRANT.id, _GRANT.holder, _GRANT.cameras, _GRANT.start, _GRANT.end, _GRANT.purpose,
     _GRANT.expires_at, _GRANT.revoked_at,
@@ -75,11 +76,11 @@ _GRANT_COLUMNS = (
 # The camera's site and the grant in one statement (one snapshot, one round trip): the grant
 # table outer-joined to a one-row select, so a missing grant still answers the camera.
 _ONE = core_select(literal_column("1").label("one")).subquery("one")
-_CAMERA_SITE_AND_GRANT = core_select(
+_CAMERA_SITE_AND_GRANT = Prepared(core_select(
     core_select(_CAM.site_id).where(_CAM.id == bindparam("camera")).scalar_subquery()
     .label("camera_site"),
     *_GRANT_COLUMNS,
-).select_from(_ONE.outerjoin(_GRANT_TABLE, _GRANT.id == bindparam("grant")))
+).select_from(_ONE.outerjoin(_GRANT_TABLE, _GRANT.id == bindparam("grant"))))
 
 
 def camera_site_and_grant(
@@ -87,7 +88,7 @@ def camera_site_and_grant(
 ) -> tuple[str | None, GrantFacts | None]:
     """The camera's site (None: no such camera) and the grant's facts (None: no such grant),
     read together. Visibility to the caller is the caller's check (I4)."""
-    row = conn.execute(_CAMERA_SITE_AND_GRANT, {"camera": camera_id, "grant": grant_id}).one()
+    (row,) = _CAMERA_SITE_AND_GRANT.rows(conn, {"camera": camera_id, "grant": grant_id})
     site = None if row.camera_site is None else str(row.camera_site)
     return site, None if row.id is None else _grant_facts_row(row)
 

@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 from access_api.auth.passwords import hash_password, verify_password
 from access_api.auth.tokens import Identity
 from access_api.policy import ALL_SITES, PrincipalView, Role
+from vault.db import Prepared
 from vault.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from vault.models import Principal, Site
 from vault.timerange import as_utc
@@ -187,13 +188,13 @@ def authenticate(
 
 
 _P = Principal.__table__.c  # type: ignore[attr-defined]
-# Read on every authenticated request: plain Core, compiled once, no ORM object.
-_BY_NAME = core_select(
+# Read on every authenticated request: plain Core, compiled once, run on the cursor.
+_BY_NAME = Prepared(core_select(
     _P.name, _P.roles, _P.sites, _P.disabled, _P.external_subject
-).where(_P.name == bindparam("key"))
-_BY_SUBJECT = core_select(
+).where(_P.name == bindparam("key")))
+_BY_SUBJECT = Prepared(core_select(
     _P.name, _P.roles, _P.sites, _P.disabled, _P.external_subject
-).where(_P.external_subject == bindparam("key"))
+).where(_P.external_subject == bindparam("key")))
 
 
 def _view(name: str, roles: str, sites: str) -> PrincipalView:
@@ -212,13 +213,13 @@ def resolve(conn: Connection, identity: Identity) -> PrincipalView:
     the subject here, in which case it can be disabled and its sites pinned.
     """
     if identity.kind == "local":
-        user = conn.execute(_BY_NAME, {"key": identity.name}).first()
+        user = next(iter(_BY_NAME.rows(conn, {"key": identity.name})), None)
         if user is None or user.external_subject is not None:
             raise Unauthenticated("unknown principal")
         if user.disabled:
             raise Unauthenticated("account disabled")
         return _view(user.name, user.roles, user.sites)
-    pinned = conn.execute(_BY_SUBJECT, {"key": identity.subject}).first()
+    pinned = next(iter(_BY_SUBJECT.rows(conn, {"key": identity.subject})), None)
     if pinned is not None:
         if pinned.disabled:
             raise Unauthenticated("account disabled")

@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 
 from vault import ledger
 from vault.config import VaultConfig
+from vault.db import Prepared
 from vault.errors import NotFound
 from vault.models import (
     MAX_SEGMENT_SECONDS,
@@ -232,9 +233,9 @@ class TimelineGap:
     reason: str
 
 
-# Built once: plain Core statements over the columns a timeline answers with, so a lookup
-# reuses one compiled form and builds no ORM objects (half of a lookup's cost otherwise).
-_TIMELINE_SEGMENTS = (
+# Built once: plain Core statements over the columns a timeline answers with, compiled once per
+# dialect and run on the driver's cursor (no ORM objects, no per-execution SQLAlchemy work).
+_TIMELINE_SEGMENTS = Prepared(
     core_select(
         _SEG.id, _SEG.start, _SEG.end, _SEG.bytes, _SEG.codec, _SEG.width, _SEG.height,
         _SEG.thumb_key,
@@ -243,7 +244,7 @@ _TIMELINE_SEGMENTS = (
     .where(_SEG.state == "stored")
     .order_by(_SEG.start)
 )
-_TIMELINE_GAPS = (
+_TIMELINE_GAPS = Prepared(
     core_select(_GAP.start, _GAP.end, _GAP.reason)
     .where(*_GAP_OVERLAPS)
     .order_by(_GAP.start)
@@ -258,9 +259,9 @@ def timeline(
     params = _range_params(camera_id, window)
     segments = [
         TimelineSegment(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] is not None)
-        for r in conn.execute(_TIMELINE_SEGMENTS, params)
+        for r in _TIMELINE_SEGMENTS.rows(conn, params)
     ]
-    gaps = [TimelineGap(r[0], r[1], r[2]) for r in conn.execute(_TIMELINE_GAPS, params)]
+    gaps = [TimelineGap(r[0], r[1], r[2]) for r in _TIMELINE_GAPS.rows(conn, params)]
     return segments, gaps
 
 

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+import weakref
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import Select
 from sqlmodel import Session, create_engine
 
 from vault.errors import Unavailable
 
-__all__ = ["make_engine", "migrate", "reading", "unit_of_work"]
+__all__ = ["Prepared", "make_engine", "migrate", "reading", "unit_of_work"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -136,3 +140,117 @@ def reading(engine: Engine) -> Iterator[Connection]:
             yield conn
     except OperationalError as exc:
         raise Unavailable(f"catalog unavailable: {type(exc.orig).__name__}") from exc
+
+
+_Processor = Callable[[Any], Any] | None
+
+
+@dataclass(slots=True)
+class _Form:
+    """A statement as one dialect runs it: SQL text, how to bind, how to read."""
+
+    sql: str
+    positional: tuple[str, ...] | None  # parameter order, or None for named parameters
+    defaults: Mapping[str, Any]  # the statement's own literal values
+    binders: Mapping[str, Callable[[Any], Any]]
+    row: Callable[..., Any]
+    # (column index, result processor) for the columns that have one; known after the first
+    # run (its description)
+    readers: list[tuple[int, Callable[[Any], Any]]] | None = None
+
+    def args(self, params: Mapping[str, Any]) -> Any:
+        values = {**self.defaults, **params}
+        for key, processor in self.binders.items():
+            values[key] = processor(values[key])
+        return values if self.positional is None else [values[k] for k in self.positional]
+
+
+class Prepared:
+    """A Core ``SELECT`` compiled once per dialect and run straight on the DBAPI cursor.
+
+    For the few reads on the API's hot path (a principal, a camera and grant, a timeline):
+    SQLAlchemy's per-execution work (cache key, execution context, result metadata, row
+    objects) costs four to five times the statement itself on SQLite (~120-170 µs against
+    ~25 µs). The statement is still written once in Core and compiled by SQLAlchemy for the
+    connection's dialect; values are bound and read through the column types' own processors,
+    so they go in and come out as with ``Connection.execute``. Rows are named tuples.
+
+    Errors are SQLAlchemy's: a driver error is wrapped as ``DBAPIError`` (a dead connection is
+    invalidated, an unreachable database is an ``OperationalError``, which :func:`reading`
+    reports as :class:`Unavailable`). Statements with expanding (``IN``) parameters are refused.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self._statement = statement
+        self._forms: weakref.WeakKeyDictionary[Dialect, _Form] = weakref.WeakKeyDictionary()
+
+    def _compile(self, dialect: Dialect) -> _Form:
+        compiled = self._statement.compile(dialect=dialect)
+        if "POSTCOMPILE" in compiled.string:
+            raise TypeError("Prepared supports no expanding (IN) parameters")
+        binders: dict[str, Callable[[Any], Any]] = {}
+        for key, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                binders[key] = processor
+        positional = tuple(compiled.positiontup or ()) if compiled.positional else None
+        names = set(positional if positional is not None else compiled.binds)
+        defaults = {
+            key: bind.effective_value
+            for key, bind in compiled.binds.items()
+            if key in names and not bind.required
+        }
+        form = _Form(
+            sql=compiled.string,
+            positional=positional,
+            defaults=defaults,
+            binders={k: p for k, p in binders.items() if k in names},
+            row=namedtuple("Row", self._statement.selected_columns.keys()),
+        )
+        return self._forms.setdefault(dialect, form)
+
+    def _readers(
+        self, dialect: Dialect, description: Any
+    ) -> list[tuple[int, Callable[[Any], Any]]]:
+        # Some drivers' result processors depend on the column's wire type, hence the first
+        # run's description.
+        processors: list[_Processor] = [
+            column.type.dialect_impl(dialect).result_processor(dialect, described[1])
+            for column, described in zip(
+                self._statement.selected_columns, description, strict=True
+            )
+        ]
+        return [(i, read) for i, read in enumerate(processors) if read is not None]
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """All rows of the statement for ``params`` (named tuples)."""
+        dialect = conn.dialect
+        form = self._forms.get(dialect) or self._compile(dialect)
+        dbapi_conn = conn.connection.dbapi_connection
+        assert dbapi_conn is not None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(form.sql, form.args(params))
+            fetched = cursor.fetchall()
+            if form.readers is None:
+                form.readers = self._readers(dialect, cursor.description)
+        except dialect.loaded_dbapi.Error as exc:
+            invalidated = dialect.is_disconnect(exc, dbapi_conn, cursor)
+            if invalidated:
+                conn.invalidate(exc)
+            raise DBAPIError.instance(
+                form.sql, params, exc, dialect.loaded_dbapi.Error,
+                connection_invalidated=invalidated,
+            ) from exc
+        finally:
+            cursor.close()
+        make, slots = form.row._make, form.readers  # type: ignore[attr-defined]
+        if not slots:
+            return [make(r) for r in fetched]
+        rows = []
+        for r in fetched:
+            values = list(r)
+            for i, read in slots:
+                values[i] = read(values[i])
+            rows.append(make(values))
+        return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -66,6 +67,36 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    # On SQLite the two steps (SQLAlchemy's text <-> datetime, then the UTC rules above) are
+    # one C call each way: the generic composition cost ~1.4 µs per value read, a timeline
+    # reads twenty-odd. Same text stored, same values read (a unit test holds them equal).
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name == "sqlite":
+            return _sqlite_text
+        return super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        if dialect.name == "sqlite":
+            return _sqlite_instant
+        return super().result_processor(dialect, coltype)
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    """SQLAlchemy's SQLite storage format (microseconds always written), in UTC."""
+    if value is None:
+        return None
+    return as_utc(value).isoformat(" ", "microseconds")[:26]  # cut "+00:00"
+
+
+def _sqlite_instant(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        # Stored values carry no offset; appending one is cheaper than replace(tzinfo=UTC).
+        return datetime.fromisoformat(value + "+00:00")
+    except ValueError:
+        return datetime.fromisoformat(value).astimezone(UTC)
 
 
 def _utc_col(*, nullable: bool = False, index: bool = False) -> Any:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from access_api.routes.footage import SegmentOut, TimelineOut
 from tests.api.conftest import PASSWORD, Api, S, problem
 from tests.integration.test_clip import T0, Native, judge
 from vault.timerange import TimeRange
@@ -67,6 +68,12 @@ def test_recent_footage_is_granted_at_once_and_viewable(api: Api, tmp_path: Path
     assert [s["id"] for s in timeline["segments"]] == api.segments
     assert len(timeline["gaps"]) == 0  # the recorder's gap rows are not in this fixture
     assert all(s["has_thumbnail"] for s in timeline["segments"])
+    # The body is exactly the documented model (the route serialises light records directly).
+    documented = TimelineOut.model_validate_json(resp.content)
+    assert documented.model_dump(mode="json") == timeline
+    assert documented.grant == grant and documented.camera == "cam-a"
+    assert set(timeline["segments"][0]) == set(SegmentOut.model_fields)
+    assert timeline["segments"][0]["start"].endswith("Z")
     assert _footage_events(api, mark) == [("footage.timeline", "allowed", "camera:cam-a")]
 
 
