@@ -184,12 +184,11 @@ async def timeline(
     """Segments and gaps of one camera in ``[from, to)`` — metadata only, never footage."""
     window = TimeRange(start, end)
 
-    def read() -> tuple[list[TimelineSegment], list[TimelineGap], _Scope]:
-        with services.reading() as conn:
-            segments, gaps = catalog_timeline(conn, camera_id, window)
-            return segments, gaps, _read_scope(conn, caller, camera_id, grant)
+    def read(conn: Connection) -> tuple[list[TimelineSegment], list[TimelineGap], _Scope]:
+        segments, gaps = catalog_timeline(conn, camera_id, window)
+        return segments, gaps, _read_scope(conn, caller, camera_id, grant)
 
-    segments, gaps, scope = await run_in_threadpool(read)
+    segments, gaps, scope = await services.read(read)
     await _gate(
         services, caller, scope, window=window, action="footage.timeline",
         target=f"camera:{camera_id}", details={"segments": len(segments), "gaps": len(gaps)},
