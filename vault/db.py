@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +15,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, StatementError
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Insert, Select
 from sqlmodel import Session, create_engine
 
 from vault.errors import Unavailable
@@ -166,21 +166,23 @@ class _Form:
 
 
 class Prepared:
-    """A Core ``SELECT`` compiled once per dialect and run straight on the DBAPI cursor.
+    """A Core statement compiled once per dialect and run straight on the DBAPI cursor.
 
     For the few reads on the API's hot path (a principal, a camera and grant, a timeline):
     SQLAlchemy's per-execution work (cache key, execution context, result metadata, row
     objects) costs four to five times the statement itself on SQLite (~120-170 µs against
     ~25 µs). The statement is still written once in Core and compiled by SQLAlchemy for the
     connection's dialect; values are bound and read through the column types' own processors,
-    so they go in and come out as with ``Connection.execute``. Rows are named tuples.
+    so they go in and come out as with ``Connection.execute``. Rows are named tuples. An
+    ``INSERT`` (every value a bind parameter) runs through :meth:`run_many` in the caller's
+    transaction, which the caller begins and commits on ``conn`` as usual.
 
     Errors are SQLAlchemy's: a driver error is wrapped as ``DBAPIError`` (a dead connection is
     invalidated, an unreachable database is an ``OperationalError``, which :func:`reading`
     reports as :class:`Unavailable`). Statements with expanding (``IN``) parameters are refused.
     """
 
-    def __init__(self, statement: Select[Any]) -> None:
+    def __init__(self, statement: Select[Any] | Insert) -> None:
         self._statement = statement
         self._forms: weakref.WeakKeyDictionary[Dialect, _Form] = weakref.WeakKeyDictionary()
 
@@ -205,7 +207,7 @@ class Prepared:
             positional=positional,
             defaults=defaults,
             binders={k: p for k, p in binders.items() if k in names},
-            row=namedtuple("Row", self._statement.selected_columns.keys()),
+            row=_row_type(self._statement),
         )
         return self._forms.setdefault(dialect, form)
 
@@ -214,6 +216,7 @@ class Prepared:
     ) -> list[tuple[int, Callable[[Any], Any]]]:
         # Some drivers' result processors depend on the column's wire type, hence the first
         # run's description.
+        assert isinstance(self._statement, Select)
         processors: list[_Processor] = [
             column.type.dialect_impl(dialect).result_processor(dialect, described[1])
             for column, described in zip(
@@ -222,8 +225,23 @@ class Prepared:
         ]
         return [(i, read) for i, read in enumerate(processors) if read is not None]
 
+    def run_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+        """Execute the statement once per parameter set (``executemany``)."""
+        dialect = conn.dialect
+        form = self._forms.get(dialect) or self._compile(dialect)
+        dbapi_conn = conn.connection.dbapi_connection
+        assert dbapi_conn is not None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.executemany(form.sql, [form.args(p) for p in params])
+        except dialect.loaded_dbapi.Error as exc:
+            raise _wrapped(conn, exc, form.sql, params, dbapi_conn, cursor) from exc
+        finally:
+            cursor.close()
+
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         """All rows of the statement for ``params`` (named tuples)."""
+        assert isinstance(self._statement, Select)
         dialect = conn.dialect
         form = self._forms.get(dialect) or self._compile(dialect)
         dbapi_conn = conn.connection.dbapi_connection
@@ -235,13 +253,7 @@ class Prepared:
             if form.readers is None:
                 form.readers = self._readers(dialect, cursor.description)
         except dialect.loaded_dbapi.Error as exc:
-            invalidated = dialect.is_disconnect(exc, dbapi_conn, cursor)
-            if invalidated:
-                conn.invalidate(exc)
-            raise DBAPIError.instance(
-                form.sql, params, exc, dialect.loaded_dbapi.Error,
-                connection_invalidated=invalidated,
-            ) from exc
+            raise _wrapped(conn, exc, form.sql, params, dbapi_conn, cursor) from exc
         finally:
             cursor.close()
         make, slots = form.row._make, form.readers  # type: ignore[attr-defined]
@@ -254,3 +266,24 @@ class Prepared:
                 values[i] = read(values[i])
             rows.append(make(values))
         return rows
+
+
+def _row_type(statement: Select[Any] | Insert) -> Callable[..., Any]:
+    if not isinstance(statement, Select):
+        return tuple
+    # rename: an unlabelled expression gets a positional name instead of failing
+    return namedtuple("Row", statement.selected_columns.keys(), rename=True)
+
+
+def _wrapped(
+    conn: Connection, exc: Any, sql: str, params: Any, dbapi_conn: Any, cursor: Any
+) -> StatementError:
+    """A driver error as SQLAlchemy reports it; a dead connection is invalidated first."""
+    dialect = conn.dialect
+    invalidated = bool(dialect.is_disconnect(exc, dbapi_conn, cursor))
+    if invalidated:
+        conn.invalidate(exc)
+    wrapped: StatementError = DBAPIError.instance(
+        sql, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=invalidated
+    )
+    return wrapped

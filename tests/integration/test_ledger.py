@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, text
+from sqlalchemy import func, text
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
@@ -219,29 +219,30 @@ def test_locked_database_fails_every_waiter_within_the_timeout_then_recovers(
     assert chain_ok(engine)
 
 
-def test_head_race_with_a_writer_that_bypassed_the_lock_is_retried(pg_engine: Engine) -> None:
+def test_head_race_with_a_writer_that_bypassed_the_lock_is_retried(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A row inserted under the writer's feet (no chain lock) costs a retry, never an event.
 
     PostgreSQL only: SQLite's write lock admits no second writer to race with."""
     engine = pg_engine
     raced: list[int] = []
+    insert_rows = ledger._INSERT.run_many
 
-    def rogue_insert(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if raced or not statement.lstrip().upper().startswith("INSERT INTO AUDIT_EVENT"):
-            return
-        raced.append(0)  # before the rogue's own INSERT passes through this hook
-        with engine.connect() as rogue:
-            (row,) = ledger._chain_rows(ledger._read_head(rogue), [draft(77)])
-            rogue.execute(ledger._TABLE.insert(), [row])
-            rogue.commit()
-        raced[0] = row["seq"]
+    def rogue_then_insert(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
+        # Between the writer's head read and its insert, once: a rogue appends seq 1.
+        if not raced:
+            raced.append(0)
+            with engine.connect() as rogue:
+                (row,) = ledger._chain_rows(ledger._read_head(rogue), [draft(77)])
+                rogue.execute(ledger._TABLE.insert(), [row])
+                rogue.commit()
+            raced[0] = row["seq"]
+        insert_rows(conn, rows)
 
-    event.listen(engine, "before_cursor_execute", rogue_insert)
-    try:
-        with LedgerWriter(engine, batch_wait_s=0) as writer:
-            seq = writer.write(draft(1))
-    finally:
-        event.remove(engine, "before_cursor_execute", rogue_insert)
+    monkeypatch.setattr(ledger._INSERT, "run_many", rogue_then_insert)
+    with LedgerWriter(engine, batch_wait_s=0) as writer:
+        seq = writer.write(draft(1))
     assert raced == [1]
     assert seq == 2
     with unit_of_work(engine) as session:
