@@ -56,6 +56,9 @@ def create_app(
 
     app = FastAPI(
         lifespan=lifespan,
+        # No request telemetry: spans and metrics would carry camera ids and principals out of
+        # the audited path, and even unconfigured, FastAPI probed its providers per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         title="cctv-vault access API",
         version="0.1.0",
         description=(
