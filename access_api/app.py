@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from access_api import problems
-from access_api.deps import ApiServices
+from access_api.deps import BEARER_SCHEME, ApiServices, declared_permissions
+from access_api.policy import Action
 from access_api.routes import access, audit, auth, footage, retention, users
 
 __all__ = ["create_app"]
@@ -68,7 +71,39 @@ def create_app(
     )
     app.state.services = services
     problems.install(app)
-    for module in (auth, access, footage, audit, users, retention):
+    # Footage first: the router tries routes in order, and viewing calls are the hot path.
+    for module in (footage, auth, access, audit, users, retention):
         app.include_router(module.router)
     app.add_middleware(_SecurityHeaders)
+    _document_bearer_auth(app)
     return app
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """Every route whose declared permission is not public needs a bearer token: say so in the
+    OpenAPI schema (the dependency reads the header itself, so FastAPI does not know it)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER_SCHEME] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "Access token from POST /auth/token or the configured OIDC issuer",
+        }
+        for context in iter_route_contexts(app.routes):
+            route = context.original_route
+            if not isinstance(route, APIRoute) or not route.include_in_schema:
+                continue
+            if declared_permissions(route.dependant) in ([], [Action.PUBLIC]):
+                continue
+            for method in route.methods or ():
+                operation = schema["paths"][context.path][method.lower()]
+                operation["security"] = [{BEARER_SCHEME: []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

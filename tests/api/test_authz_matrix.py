@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.requests import Request
 
-from access_api.deps import declared_permissions
+from access_api.deps import bearer_token, declared_permissions
 from access_api.policy import Action
 from tests.api.conftest import Api, S
 from tests.integration.test_clip import T0
@@ -278,3 +280,31 @@ def test_every_refusal_is_logged_with_its_rule(api: Api) -> None:
         ("admin-tokyo", "access.request", "separation-of-duties"),
         ("operator-tokyo", "access.request", "purpose-incompatible"),
     ]
+
+
+def test_openapi_documents_the_bearer_scheme_exactly_where_a_permission_needs_it(
+    api: Api,
+) -> None:
+    schema = api.client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for route in ROUTES:
+        operation = schema["paths"][route.template][route.method.lower()]
+        if route.public:
+            assert "security" not in operation, route.template
+        else:
+            assert operation["security"] == [{"bearer": []}], route.template
+
+
+@pytest.mark.parametrize(("header", "token"), [
+    ("Bearer abc.def", "abc.def"),
+    ("bearer abc.def", "abc.def"),
+    ("BEARER   abc.def  ", "abc.def"),
+    ("Bearer", None),
+    ("Bearer ", None),
+    ("Basic dXNlcjpwYXNz", None),
+    ("abc.def", None),
+    ("", None),
+])
+def test_bearer_token_is_read_from_the_authorization_header(header: str, token: str | None) -> None:
+    scope = {"type": "http", "headers": [(b"authorization", header.encode())] if header else []}
+    assert bearer_token(Request(scope)) == token
