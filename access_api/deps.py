@@ -8,15 +8,18 @@ raising it.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from fastapi import Depends, Path, Request
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -26,7 +29,7 @@ from access_api.auth.tokens import TokenService
 from access_api.policy import AccessPolicy, Action, PrincipalView, ScopeFacts, decide
 from access_api.principals import LoginLimits, resolve
 from vault.db import reading, unit_of_work
-from vault.errors import Forbidden, Unauthenticated
+from vault.errors import Forbidden, Unauthenticated, Unavailable
 from vault.lifecycle import VaultContext
 
 __all__ = [
@@ -58,6 +61,9 @@ class ApiServices:
     login_limits: LoginLimits
     client_failures: FailureWindow
     user_failures: FailureWindow
+    # The inline reads' own connection, held by the one thread (the event loop's) that uses it.
+    _held: Connection | None = field(default=None, init=False, repr=False)
+    _held_by: int | None = field(default=None, init=False, repr=False)
 
     @contextmanager
     def uow(self) -> Iterator[Session]:
@@ -84,9 +90,40 @@ class ApiServices:
         loop, so it goes to the thread pool.
         """
         if self.reads_inline:
-            with self.reading() as conn:
-                return fn(conn)
+            return self._read_inline(fn)
         return await run_in_threadpool(self._read, fn)
+
+    def _read_inline(self, fn: Callable[[Connection], T]) -> T:
+        # The loop's reads are sequential (nothing awaits inside ``fn``), so one connection held
+        # by the loop's thread serves them all: no pool checkout and return per read (two per
+        # timeline call). Another thread (a test client's portal) takes the pooled path. The
+        # reads run no transaction (SQLite's driver begins none for a SELECT), so holding the
+        # connection pins no snapshot; any transaction ``fn`` did begin is rolled back.
+        thread = threading.get_ident()
+        if self._held_by is None:
+            self._held_by = thread
+        if self._held_by != thread:
+            with self.reading() as pooled:
+                return fn(pooled)
+        try:
+            held = self._held
+            if held is None or held.invalidated:
+                held = self._held = self.ctx.engine.connect()
+            try:
+                return fn(held)
+            finally:
+                if held.in_transaction():
+                    held.rollback()
+        except OperationalError as exc:
+            self.release()
+            raise Unavailable(f"catalog unavailable: {type(exc.orig).__name__}") from exc
+
+    def release(self) -> None:
+        """Give the held connection back (on shutdown, or after it failed)."""
+        held, self._held = self._held, None
+        if held is not None:
+            with contextlib.suppress(DBAPIError):
+                held.close()
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
         with self.reading() as conn:

@@ -282,7 +282,8 @@ def build_api(
         # not exist (no lockout there) is slowed down as much as guessing at real ones.
         user_failures=FailureWindow(settings.login_max_failures * 2, window),
     )
-    return create_app(services, on_shutdown=[writer.close] if writer else []), writer
+    closers = [services.release, *([writer.close] if writer else [])]
+    return create_app(services, on_shutdown=closers), writer
 
 
 def api_app_from_env() -> FastAPI:
