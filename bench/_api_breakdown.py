@@ -169,7 +169,7 @@ def breakdown(
             ("catalog timeline: segments + gaps (a connection)", _cpu_us(catalog, calls, n)),
             ("gate: camera + grant (one statement), decide, audit draft to NullLedger",
              _async_cpu_us(gate, calls, n)),
-            ("timeline handler, ledger off (thread hop + catalog + gate + response)",
+            ("timeline handler, ledger off (catalog reads + gate + response)",
              _async_cpu_us(handler, calls, n)),
             ("one ledger append alone (LedgerWriter.write, batch of 1)",
              _cpu_us(append, calls, n)),
