@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
-from sqlalchemy import text
+from sqlalchemy import literal, select
 
 from access_api.deps import Caller, ServicesDep, requires
 from access_api.policy import Action
 from access_api.principals import authenticate, view_of
+from vault.db import Prepared
 from vault.errors import RateLimited, Unauthenticated
 
 router = APIRouter(tags=["auth"])
@@ -42,11 +43,14 @@ class HealthOut(BaseModel):
     status: str
 
 
+_PING = Prepared(select(literal(1).label("ok")))
+
+
 @router.get("/healthz", response_model=HealthOut)
-def healthz(services: ServicesDep, _client: Public) -> HealthOut:
-    """Liveness and catalog reachability; says nothing about footage."""
-    with services.uow() as session:
-        session.execute(text("SELECT 1"))
+async def healthz(services: ServicesDep, _client: Public) -> HealthOut:
+    """Liveness and catalog reachability; says nothing about footage. An unreachable catalog
+    answers 503."""
+    await services.read(lambda conn: _PING.rows(conn, {}))
     return HealthOut(status="ok")
 
 

@@ -170,9 +170,12 @@ def test_database_gone_means_503_and_no_bytes(
             resp = api.get(f"/segments/{api.segments[0]}/media", OP, params={"grant": grant})
             assert resp.status_code == 503, resp.text
             assert [e for e in api.order.entries if e.startswith("get ")] == []
+            # The liveness probe says the catalog is unreachable too.
+            assert "catalog unavailable" in problem(api.client.get("/healthz"), 503)["detail"]
             proxy.restore()
             resp = api.get(f"/segments/{api.segments[0]}/media", OP, params={"grant": grant})
             assert resp.status_code == 200, resp.text
+            assert api.client.get("/healthz").json() == {"status": "ok"}
         finally:
             gen.close()
             proxied.dispose()
