@@ -259,6 +259,10 @@ class S3Store:
             legal_hold=str(headers.get(_LEGAL_HOLD_HEADER, "")).upper() == "ON",
         )
 
+    def present(self, keys: Sequence[str]) -> set[str]:
+        """A HEAD of each key (callers overlap several calls for many keys)."""
+        return {key for key in keys if self.head(key) is not None}
+
     def delete_many(self, keys: Sequence[str]) -> builtins.list[DeleteFailure]:
         if len(keys) > MAX_DELETE_BATCH:
             raise InvalidInput(f"delete_many takes at most {MAX_DELETE_BATCH} keys ({len(keys)})")
