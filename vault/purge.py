@@ -66,6 +66,8 @@ from sqlalchemy import (
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
 from sqlmodel import Session, col, select
 
 from vault import ledger
@@ -637,9 +639,9 @@ class _Run:
                 return []
             result = session.connection().execute(
                 update(_SEGMENT)
-                .where(_among(_SEGMENT.c.id, [r.id for r in unheld], session))
-                .where(col(Segment.state) == SegmentState.STORED)
-                .where(col(Segment.retention_until) <= self.as_of)
+                .where(
+                    _among([r.id for r in unheld], session, SegmentState.STORED, self.as_of)
+                )
                 .values(state=SegmentState.PURGING)
                 .returning(col(Segment.id))
             )
@@ -736,8 +738,7 @@ class _Run:
                 # the tombstones are copied from the rows by the database in one statement.
                 purged = connection.execute(
                     update(_SEGMENT)
-                    .where(_among(_SEGMENT.c.id, ids, session))
-                    .where(_SEGMENT.c.state == SegmentState.PURGING)
+                    .where(_among(ids, session, SegmentState.PURGING))
                     .values(
                         state=SegmentState.PURGED,
                         purged_at=at,
@@ -748,15 +749,14 @@ class _Run:
                 if purged != len(done):
                     raise Conflict("segments changed state while being purged")
                 stones = connection.execute(
-                    _tombstones_from_rows(_among(_SEGMENT.c.id, ids, session), at, self.id)
+                    _tombstones_from_rows(_among(ids, session, SegmentState.PURGED), at, self.id)
                 ).rowcount
                 if stones != len(done):
                     raise Conflict(f"{stones} tombstones written for {len(done)} segments")
             if back:
                 connection.execute(
                     update(_SEGMENT)
-                    .where(_among(_SEGMENT.c.id, back, session))
-                    .where(_SEGMENT.c.state == SegmentState.PURGING)
+                    .where(_among(back, session, SegmentState.PURGING))
                     .values(state=SegmentState.STORED)
                 )
             session.execute(
@@ -854,18 +854,40 @@ class _Run:
         )
 
 
-def _among(column: Any, ids: Sequence[str], session: Session) -> Any:
-    """``column IN ids`` with the ids in one bound value (a JSON array on SQLite, an array on
-    PostgreSQL) rather than a placeholder each: a batch has up to 1,000."""
+def _among(
+    ids: Sequence[str], session: Session, state: SegmentState, due_by: datetime | None = None
+) -> Any:
+    """The segments of ``ids`` (a batch, up to 1,000) still in ``state`` (and due by
+    ``due_by``), looked up by primary key.
+
+    The ids travel as one bound value (a JSON array on SQLite, an array on PostgreSQL), not a
+    placeholder each. On SQLite, which plans without statistics, the other conditions are
+    written so that they cannot use an index: given ``state = ?`` it would otherwise walk the
+    state index, visiting every stored (or every purged) row for each batch.
+    """
+    segment = _SEGMENT.c
     dialect = session.connection().dialect.name
     if dialect == "sqlite":
         listed: Any = sa_select(literal_column("value")).select_from(
             func.json_each(literal(json.dumps(list(ids))))
         )
-        return column.in_(listed)
+        conditions = [segment.id.in_(listed), _unindexed(segment.state) == state]
+        if due_by is not None:
+            conditions.append(_unindexed(segment.retention_until) <= due_by)
+        return and_(*conditions)
     if dialect == "postgresql":
-        return column == any_(literal(list(ids), ARRAY(String())))
-    return column.in_(list(ids))
+        conditions = [segment.id == any_(literal(list(ids), ARRAY(String())))]
+    else:
+        conditions = [segment.id.in_(list(ids))]
+    conditions.append(segment.state == state)
+    if due_by is not None:
+        conditions.append(segment.retention_until <= due_by)
+    return and_(*conditions)
+
+
+def _unindexed(column: Any) -> Any:
+    """SQLite's ``+column``: the same value, but no index is used for it."""
+    return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
 
 
 def _tombstones_from_rows(among: Any, at: datetime, run_id: str) -> Any:
@@ -886,8 +908,7 @@ def _tombstones_from_rows(among: Any, at: datetime, run_id: str) -> Any:
             literal(True, _TOMBSTONE.c.verified.type),
             literal(run_id, _TOMBSTONE.c.purge_run_id.type),
         )
-        .where(among)
-        .where(segment.state == SegmentState.PURGED),
+        .where(among),
     ).execution_options(preserve_rowcount=True)  # psycopg reports it for INSERT only so
 
 
