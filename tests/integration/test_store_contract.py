@@ -276,11 +276,13 @@ def test_list_refuses_bad_prefixes(store: ObjectStore, prefix: str) -> None:
 # -- delete -----------------------------------------------------------------------------------
 
 
-def test_delete_many_removes_every_version(store: ObjectStore) -> None:
-    keys = [f"segments/site1/cam1/2026/11/29/seg-{n}" for n in range(5)]
+@pytest.mark.parametrize("count", [5, 40])  # S3 lists a directory's versions once from 32
+def test_delete_many_removes_every_version(store: ObjectStore, count: int) -> None:
+    keys = [f"segments/site1/cam1/2026/11/29/seg-{n}" for n in range(count)]
     for key in keys:
         store.put(key, b"v1", {})
     store.put(keys[0], b"v2", {})  # a second version on S3
+    store.put(keys[-1], b"v2", {})
     store.put("segments/site1/cam1/2026/11/29/seg-0-kept", b"neighbour", {})
 
     assert store.delete_many(keys) == []
@@ -319,6 +321,22 @@ def test_delete_many_refuses_more_than_a_batch(store: ObjectStore) -> None:
     with pytest.raises(InvalidInput):
         store.delete_many([SEGMENT] + [f"x/{n}" for n in range(MAX_DELETE_BATCH)])
     assert store.head(SEGMENT) is not None  # refused as a whole, nothing deleted
+
+
+def test_many_keys_of_one_directory_locks_still_win(store: ObjectStore) -> None:
+    keys = [f"segments/site1/cam1/2026/11/29/seg-{n:02d}" for n in range(40)]
+    for key in keys:
+        store.put(key, b"v1", {}, retain_until=_later() if key == keys[7] else None)
+    store.put(keys[3], b"v2", {})
+    store.set_legal_hold(keys[20], True)
+    store.put("segments/site1/cam1/2026/11/29/seg-99", b"neighbour", {})
+
+    failures = store.delete_many(keys)
+
+    assert [f.key for f in failures] == [keys[7], keys[20]]
+    assert list(store.list("segments/")) == [keys[7], keys[20],
+                                             "segments/site1/cam1/2026/11/29/seg-99"]
+    assert store.get(keys[7]) == store.get(keys[20]) == b"v1"
 
 
 def test_retained_object_cannot_be_deleted(store: ObjectStore) -> None:
