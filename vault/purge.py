@@ -26,7 +26,8 @@ Invariants:
   its certificate from the next run (state ``interrupted``).
 
 Order of one batch: mark ``purging`` (commit) -> delete the segment objects (``delete_many``,
-<= 1000 keys a call) -> delete the thumbnails of those deleted -> HEAD every key: absent ->
+<= 1000 keys a call) -> delete the thumbnails of those deleted -> ``present`` (a HEAD of every
+key, batched by the store): none left ->
 null the wrapped data keys, tombstones, ``purged``, run counters, one ``purge.batch`` ledger
 event (one commit). Refused objects go back to ``stored`` in that same commit.
 """
@@ -108,8 +109,10 @@ log = logging.getLogger(__name__)
 METHOD = "delete + cryptographic erase"
 VERIFICATION = (
     "after delete_many (which on S3 removes every version of the key and lists the versions "
-    "again), HEAD of every segment and thumbnail key answered not found; then the wrapped data "
-    "keys were set to NULL in the catalog (cryptographic erase, NIST SP 800-88)"
+    "again), the store found none of the segment and thumbnail keys (S3: HEAD of every key; "
+    "filesystem: a listing of each directory holding many of them, else a stat of each key); "
+    "then the wrapped data keys were set to NULL in the catalog (cryptographic erase, NIST SP "
+    "800-88)"
 )
 CERTIFICATE_PREFIX = "ledger/certificates/"
 CERTIFICATE_FORMAT = "cctv-vault/deletion-certificate/v1"
