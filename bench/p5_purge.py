@@ -5,8 +5,9 @@ store): ``--segments`` due segments (default 100,000) over ``--cameras`` cameras
 small sealed-size object and a thumbnail, retention ended a month ago, no holds.
 
 * ours: :func:`vault.purge.run_purge` — batches of 1000: mark ``purging`` (commit), batched
-  ``delete_many`` of segments then thumbnails, HEAD of every key, wrapped keys nulled,
-  tombstones, one ledger event per batch (commit), then the signed certificate;
+  ``delete_many`` of segments then thumbnails, ``present`` of every key (the store's batched
+  HEAD), wrapped keys nulled, tombstones, one ledger event per batch (commit), then the signed
+  certificate;
 * naive: the cleanup loop of common open-source NVRs — select what expired, then for each
   segment delete its object, delete its thumbnail, delete its row, one transaction each. It
   writes no tombstone, no ledger, no certificate and verifies nothing;
@@ -21,8 +22,9 @@ child's CPU (``os.wait4``). Every run is verified: ours leaves every row ``purge
 verified tombstone and a certificate that verifies against tombstones and ledger
 (``verify_run``), and the store empty under ``segments/`` and ``thumbs/``; naive leaves no
 row and no object. Then the same on S3 (moto's server in its own process) with
-``--s3-segments`` (default 300: the S3 store lists each key's versions before and after a
-delete, and moto answers a listing in time that grows with the bucket). The filesystem setup
+``--s3-segments`` (default 300: moto answers a listing in time that grows with the bucket;
+the naive loop lists each key's versions before and after its delete, ours one listing per
+camera-day directory). The filesystem setup
 writes the store's files directly (same layout, no fsync); S3 objects are put through the
 store.
 

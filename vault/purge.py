@@ -26,7 +26,8 @@ Invariants:
   its certificate from the next run (state ``interrupted``).
 
 Order of one batch: mark ``purging`` (commit) -> delete the segment objects (``delete_many``,
-<= 1000 keys a call) -> delete the thumbnails of those deleted -> HEAD every key: absent ->
+<= 1000 keys a call) -> delete the thumbnails of those deleted -> ``present`` (a HEAD of every
+key, batched by the store): none left ->
 null the wrapped data keys, tombstones, ``purged``, run counters, one ``purge.batch`` ledger
 event (one commit). Refused objects go back to ``stored`` in that same commit.
 """
@@ -50,9 +51,24 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import and_, insert, or_, text, update
+from sqlalchemy import (
+    String,
+    Table,
+    and_,
+    any_,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    text,
+    update,
+)
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
 from sqlmodel import Session, col, select
 
 from vault import ledger
@@ -93,8 +109,10 @@ log = logging.getLogger(__name__)
 METHOD = "delete + cryptographic erase"
 VERIFICATION = (
     "after delete_many (which on S3 removes every version of the key and lists the versions "
-    "again), HEAD of every segment and thumbnail key answered not found; then the wrapped data "
-    "keys were set to NULL in the catalog (cryptographic erase, NIST SP 800-88)"
+    "again), the store found none of the segment and thumbnail keys (S3: HEAD of every key; "
+    "filesystem: a listing of each directory holding many of them, else a stat of each key); "
+    "then the wrapped data keys were set to NULL in the catalog (cryptographic erase, NIST SP "
+    "800-88)"
 )
 CERTIFICATE_PREFIX = "ledger/certificates/"
 CERTIFICATE_FORMAT = "cctv-vault/deletion-certificate/v1"
@@ -297,6 +315,8 @@ class _Row(NamedTuple):
     thumb_key: str | None
 
 
+_SEGMENT: Table = Segment.__table__  # type: ignore[attr-defined]
+_TOMBSTONE: Table = Tombstone.__table__  # type: ignore[attr-defined]
 _ROW_COLUMNS = (
     col(Segment.id),
     col(Segment.camera_id),
@@ -320,7 +340,8 @@ class _Removal(NamedTuple):
 
 
 def _rows(session: Session, stmt: Any) -> list[_Row]:
-    return [_Row(*r) for r in session.execute(stmt).all()]
+    # On the session's connection: a plain column select needs none of the ORM's loading.
+    return list(map(_Row._make, session.connection().execute(stmt)))
 
 
 def _held(holds: Sequence[HoldScope], row: _Row) -> list[HoldScope]:
@@ -610,8 +631,8 @@ class _Run:
         with unit_of_work(self.ctx.engine) as session:
             _begin_write(session)
             holds = active_holds(session, self.as_of)
-            unheld: list[_Row] = []
-            for row in batch:
+            unheld: list[_Row] = list(batch) if not holds else []
+            for row in batch if holds else ():
                 covering = _held(holds, row)
                 if covering:  # a hold placed since the plan was made wins
                     self.tallies.held(HeldBack(h, (_due(row),)) for h in covering)
@@ -619,16 +640,17 @@ class _Run:
                     unheld.append(row)
             if not unheld:
                 return []
-            result = session.execute(
-                update(Segment)
-                .where(col(Segment.id).in_([r.id for r in unheld]))
-                .where(col(Segment.state) == SegmentState.STORED)
-                .where(col(Segment.retention_until) <= self.as_of)
+            result = session.connection().execute(
+                update(_SEGMENT)
+                .where(
+                    _among([r.id for r in unheld], session, SegmentState.STORED, self.as_of)
+                )
                 .values(state=SegmentState.PURGING)
                 .returning(col(Segment.id))
-                .execution_options(synchronize_session=False)
             )
-            marked = {str(segment_id) for (segment_id,) in result.all()}
+            marked = set(result.scalars())
+        if len(marked) == len(unheld):
+            return unheld
         return [r for r in unheld if r.id in marked]
 
     def _execute(self, rows: Sequence[_Row], *, resumed: bool, revert: Sequence[_Row] = ()) -> None:
@@ -696,16 +718,12 @@ class _Run:
         return [f for part in self._pool.map(self.ctx.store.delete_many, slices) for f in part]
 
     def _present(self, keys: Sequence[str]) -> set[str]:
-        """The keys a HEAD still finds (step 7.4: verify they are gone)."""
-        head = self.ctx.store.head
-
-        def still_there(part: Sequence[str]) -> list[str]:
-            return [k for k in part if head(k) is not None]
-
+        """The keys the store still finds (step 7.4: verify they are gone)."""
+        present = self.ctx.store.present
         slices = self._split(keys, _MIN_HEAD_CALL)
         if self.workers == 1 or len(slices) <= 1:
-            return {k for part in slices for k in still_there(part)}
-        return {k for part in self._pool.map(still_there, slices) for k in part}
+            return {k for part in slices for k in present(part)}
+        return {k for part in self._pool.map(present, slices) for k in part}
 
     def _record(
         self, done: Sequence[_Row], back: Sequence[str], failed: Sequence[Refusal], *,
@@ -713,48 +731,36 @@ class _Run:
     ) -> None:
         """Step 7.5, one transaction: erase keys, tombstones, ``purged``, counters, ledger."""
         size = sum(r.bytes for r in done)
+        ids = [r.id for r in done]
         with unit_of_work(self.ctx.engine) as session:
             _begin_write(session)
+            connection = session.connection()
             at = self._now()
             if done:
-                result = session.execute(
-                    update(Segment)
-                    .where(col(Segment.id).in_([r.id for r in done]))
-                    .where(col(Segment.state) == SegmentState.PURGING)
+                # Core statements on the session's connection (no ORM bookkeeping per row);
+                # the tombstones are copied from the rows by the database in one statement.
+                purged = connection.execute(
+                    update(_SEGMENT)
+                    .where(_among(ids, session, SegmentState.PURGING))
                     .values(
                         state=SegmentState.PURGED,
                         purged_at=at,
                         wrapped_dek=None,  # cryptographic erase: the data keys are gone
                         thumb_wrapped_dek=None,
                     )
-                    .execution_options(synchronize_session=False)
-                )
-                if result.rowcount != len(done):  # type: ignore[attr-defined]
+                ).rowcount
+                if purged != len(done):
                     raise Conflict("segments changed state while being purged")
-                session.execute(
-                    insert(Tombstone),
-                    [
-                        {
-                            "segment_id": r.id,
-                            "camera_id": r.camera_id,
-                            "sha256": r.sha256,
-                            "object_key": r.object_key,
-                            "deleted_at": at,
-                            "method": METHOD,
-                            "verified": True,
-                            "purge_run_id": self.id,
-                            "thumb_key": r.thumb_key,
-                        }
-                        for r in done
-                    ],
-                )
+                stones = connection.execute(
+                    _tombstones_from_rows(_among(ids, session, SegmentState.PURGED), at, self.id)
+                ).rowcount
+                if stones != len(done):
+                    raise Conflict(f"{stones} tombstones written for {len(done)} segments")
             if back:
-                session.execute(
-                    update(Segment)
-                    .where(col(Segment.id).in_(list(back)))
-                    .where(col(Segment.state) == SegmentState.PURGING)
+                connection.execute(
+                    update(_SEGMENT)
+                    .where(_among(back, session, SegmentState.PURGING))
                     .values(state=SegmentState.STORED)
-                    .execution_options(synchronize_session=False)
                 )
             session.execute(
                 update(PurgeRun)
@@ -783,7 +789,7 @@ class _Run:
                     "run_id": self.id,
                     "batch": self.batches,
                     "resumed": resumed,
-                    "segments": [r.id for r in done],
+                    "segments": ids,
                     "bytes": size,
                     "refused": [f.to_dict() for f in failed],
                     "reverted": list(back),
@@ -849,6 +855,64 @@ class _Run:
             certificate_key=key,
             certificate_sha256=digest,
         )
+
+
+def _among(
+    ids: Sequence[str], session: Session, state: SegmentState, due_by: datetime | None = None
+) -> Any:
+    """The segments of ``ids`` (a batch, up to 1,000) still in ``state`` (and due by
+    ``due_by``), looked up by primary key.
+
+    The ids travel as one bound value (a JSON array on SQLite, an array on PostgreSQL), not a
+    placeholder each. On SQLite, which plans without statistics, the other conditions are
+    written so that they cannot use an index: given ``state = ?`` it would otherwise walk the
+    state index, visiting every stored (or every purged) row for each batch.
+    """
+    segment = _SEGMENT.c
+    dialect = session.connection().dialect.name
+    if dialect == "sqlite":
+        listed: Any = sa_select(literal_column("value")).select_from(
+            func.json_each(literal(json.dumps(list(ids))))
+        )
+        conditions = [segment.id.in_(listed), _unindexed(segment.state) == state]
+        if due_by is not None:
+            conditions.append(_unindexed(segment.retention_until) <= due_by)
+        return and_(*conditions)
+    if dialect == "postgresql":
+        conditions = [segment.id == any_(literal(list(ids), ARRAY(String())))]
+    else:
+        conditions = [segment.id.in_(list(ids))]
+    conditions.append(segment.state == state)
+    if due_by is not None:
+        conditions.append(segment.retention_until <= due_by)
+    return and_(*conditions)
+
+
+def _unindexed(column: Any) -> Any:
+    """SQLite's ``+column``: the same value, but no index is used for it."""
+    return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+
+
+def _tombstones_from_rows(among: Any, at: datetime, run_id: str) -> Any:
+    """``INSERT INTO tombstone ... SELECT ... FROM segment``: one verified tombstone per
+    segment ``among`` those just marked ``purged``, its hash and keys taken from its row."""
+    segment = _SEGMENT.c
+    return insert(_TOMBSTONE).from_select(
+        ["segment_id", "camera_id", "sha256", "object_key", "thumb_key", "deleted_at",
+         "method", "verified", "purge_run_id"],
+        sa_select(
+            segment.id,
+            segment.camera_id,
+            segment.sha256,
+            segment.object_key,
+            segment.thumb_key,
+            literal(at, _TOMBSTONE.c.deleted_at.type),
+            literal(METHOD, _TOMBSTONE.c.method.type),
+            literal(True, _TOMBSTONE.c.verified.type),
+            literal(run_id, _TOMBSTONE.c.purge_run_id.type),
+        )
+        .where(among),
+    ).execution_options(preserve_rowcount=True)  # psycopg reports it for INSERT only so
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -925,6 +989,7 @@ def _statement(
 ) -> dict[str, Any]:
     """What a run's certificate asserts, built from the durable record: its tombstones (what
     went), its ledger batch events (what was refused), its row (counts, per-hold detail)."""
+    instants: dict[datetime, str] = {}  # a batch's tombstones share one deleted_at
     segments = [
         {
             "id": t[0],
@@ -932,9 +997,9 @@ def _statement(
             "sha256": t[2],
             "object_key": t[3],
             "thumb_key": t[4],
-            "deleted_at": _iso(t[5]),
+            "deleted_at": instants.get(t[5]) or instants.setdefault(t[5], _iso(t[5])),
         }
-        for t in session.execute(
+        for t in session.connection().execute(
             sa_select(
                 col(Tombstone.segment_id),
                 col(Tombstone.camera_id),

@@ -617,6 +617,10 @@ class CrashingStore:
         self._maybe("head", [key])
         return self.inner.head(key)
 
+    def present(self, keys: Sequence[str]) -> set[str]:
+        self._maybe("present", keys)
+        return self.inner.present(keys)
+
     def delete_many(self, keys: Sequence[str]) -> list[DeleteFailure]:
         self._maybe("before-delete", keys)
         failures = self.inner.delete_many(keys)
@@ -644,7 +648,7 @@ CRASH_POINTS: dict[str, Callable[[str, Sequence[str]], bool]] = {
     "after marking, before any delete": lambda op, k: _segment_delete(op, k, "before-delete"),
     "after the segment objects went": lambda op, k: _segment_delete(op, k, "after-delete"),
     "after the thumbnails went": lambda op, k: op == "after-delete" and k[0].startswith("thumbs/"),
-    "while verifying": lambda op, k: op == "head" and k[0].startswith("thumbs/"),
+    "while verifying": lambda op, k: op == "present",
     "after the certificate was put": lambda op, k: op == "after-put"
     and k[0].startswith(CERTIFICATE_PREFIX),
 }

@@ -276,11 +276,13 @@ def test_list_refuses_bad_prefixes(store: ObjectStore, prefix: str) -> None:
 # -- delete -----------------------------------------------------------------------------------
 
 
-def test_delete_many_removes_every_version(store: ObjectStore) -> None:
-    keys = [f"segments/site1/cam1/2026/11/29/seg-{n}" for n in range(5)]
+@pytest.mark.parametrize("count", [5, 40])  # S3 lists a directory's versions once from 32
+def test_delete_many_removes_every_version(store: ObjectStore, count: int) -> None:
+    keys = [f"segments/site1/cam1/2026/11/29/seg-{n}" for n in range(count)]
     for key in keys:
         store.put(key, b"v1", {})
     store.put(keys[0], b"v2", {})  # a second version on S3
+    store.put(keys[-1], b"v2", {})
     store.put("segments/site1/cam1/2026/11/29/seg-0-kept", b"neighbour", {})
 
     assert store.delete_many(keys) == []
@@ -289,6 +291,23 @@ def test_delete_many_removes_every_version(store: ObjectStore) -> None:
         assert store.head(key) is None
         assert _versions_left(store, key) == 0
     assert list(store.list("segments/")) == ["segments/site1/cam1/2026/11/29/seg-0-kept"]
+
+
+@pytest.mark.parametrize("count", [3, 40])  # the filesystem store lists a directory from 32
+def test_present_finds_exactly_the_objects_head_finds(store: ObjectStore, count: int) -> None:
+    keys = [f"segments/site1/cam1/2026/11/29/seg-{n:03d}" for n in range(count)]
+    for key in keys:
+        store.put(key, b"v", {})
+    store.put("segments/site1/cam1/2026/11/29/seg-dir/below", b"v", {})  # no object seg-dir
+    asked = [*keys, "segments/site1/cam1/2026/11/29/never", "segments/site1/cam1/2026/11/29",
+             "segments/site1/cam1/2026/11/29/seg-dir",
+             "segments/site1/cam9/2026/11/29/no-such-directory"]
+
+    assert store.present(asked) == {k for k in asked if store.head(k) is not None}
+    assert store.present(asked) == set(keys)
+    assert store.delete_many(keys[1:]) == []
+    assert store.present(asked) == {keys[0]}
+    assert store.present([]) == set()
 
 
 def test_delete_many_of_missing_keys_succeeds(store: ObjectStore) -> None:
@@ -302,6 +321,22 @@ def test_delete_many_refuses_more_than_a_batch(store: ObjectStore) -> None:
     with pytest.raises(InvalidInput):
         store.delete_many([SEGMENT] + [f"x/{n}" for n in range(MAX_DELETE_BATCH)])
     assert store.head(SEGMENT) is not None  # refused as a whole, nothing deleted
+
+
+def test_many_keys_of_one_directory_locks_still_win(store: ObjectStore) -> None:
+    keys = [f"segments/site1/cam1/2026/11/29/seg-{n:02d}" for n in range(40)]
+    for key in keys:
+        store.put(key, b"v1", {}, retain_until=_later() if key == keys[7] else None)
+    store.put(keys[3], b"v2", {})
+    store.set_legal_hold(keys[20], True)
+    store.put("segments/site1/cam1/2026/11/29/seg-99", b"neighbour", {})
+
+    failures = store.delete_many(keys)
+
+    assert [f.key for f in failures] == [keys[7], keys[20]]
+    assert list(store.list("segments/")) == [keys[7], keys[20],
+                                             "segments/site1/cam1/2026/11/29/seg-99"]
+    assert store.get(keys[7]) == store.get(keys[20]) == b"v1"
 
 
 def test_retained_object_cannot_be_deleted(store: ObjectStore) -> None:
@@ -823,6 +858,46 @@ def test_fs_unreadable_lock_metadata_never_unlocks(fs_store: FilesystemStore) ->
     with pytest.raises(Unavailable, match="unreadable lock metadata"):
         fs_store.delete_many([SEGMENT])
     assert fs_store.get(SEGMENT) == FOOTAGE
+
+
+@pytest.mark.parametrize(
+    ("attribute", "deleted"),
+    [
+        ({"legal_hold": False, "metadata": {}, "retain_until": None}, True),
+        ({"legal_hold": False, "metadata": {}, "retain_until": "2026-01-01T00:00:00+00:00"}, True),
+        ({"legal_hold": False, "metadata": {}, "retain_until": "2026-01-01T00:00:00Z"}, True),
+        ({"legal_hold": False, "metadata": {}, "retain_until": "2026-12-01T00:00:00+00:00"}, False),
+        ({"legal_hold": False, "metadata": {}, "retain_until": "2026-11-30T08:00:00+09:00"}, True),
+        ({"legal_hold": False, "metadata": {}, "retain_until": "2026-11-30T09:00:00+09:00"}, False),
+        ({"legal_hold": False, "metadata": {}, "retain_until": "2026-11-29T23:00:00-01:00"}, False),
+        ({"legal_hold": True, "metadata": {}, "retain_until": None}, False),
+        ({"legal_hold": 1, "metadata": {}, "retain_until": None}, False),
+        ({"legal_hold": 0, "retain_until": ""}, True),
+        ({}, True),
+        ({"legal_hold": False, "metadata": None, "retain_until": None}, None),
+        ({"legal_hold": False, "metadata": {}, "retain_until": "2026-01-01T00:00:00"}, None),
+        ({"legal_hold": False, "metadata": {}, "retain_until": 5}, None),
+        ([], None),
+    ],
+)
+def test_fs_delete_decides_every_lock_attribute_as_the_decoder_does(
+    tmp_path: Path, attribute: object, deleted: bool | None
+) -> None:
+    # delete_many reads plain attributes on a fast path; anything unusual goes to the full
+    # decoder, which refuses what it cannot read (None: Unavailable). Now: 2026-11-29T23:30Z.
+    now = FixedClock(datetime(2026, 11, 29, 23, 30, tzinfo=UTC))
+    store = FilesystemStore(tmp_path, clock=now.now)
+    store.put(SEGMENT, FOOTAGE, METADATA)
+    os.setxattr(tmp_path / "objects" / SEGMENT, LOCK_ATTRIBUTE, json.dumps(attribute).encode())
+
+    if deleted is None:
+        with pytest.raises(Unavailable, match="unreadable lock metadata"):
+            store.delete_many([SEGMENT])
+        assert store.get(SEGMENT) == FOOTAGE
+        return
+    failures = store.delete_many([SEGMENT])
+    assert (failures == []) is deleted
+    assert (store.present([SEGMENT]) == set()) is deleted
 
 
 def test_fs_many_keys_are_deleted_in_parallel_and_locks_still_win(

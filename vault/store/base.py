@@ -100,6 +100,10 @@ class ObjectStore(Protocol):
 
     def head(self, key: str) -> ObjectInfo | None: ...
 
+    def present(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that name an object now: what a ``head`` of each would find, which
+        a backend may answer more cheaply for many keys at once (one listing a directory)."""
+
     def delete_many(self, keys: Sequence[str]) -> list[DeleteFailure]:
         """Delete up to 1000 keys (all versions); return the keys that could not be deleted."""
 

@@ -113,6 +113,9 @@ LOCK_ATTRIBUTE = "user.cctv-vault.lock"  # the extended attribute holding an obj
 # several overlap (measured on ext4: ~2.8x with 8); fewer keys than _PARALLEL_FROM go serially.
 DELETE_WORKERS = 8
 _PARALLEL_FROM = 32
+# ``present`` lists a directory instead of a lookup per key from this many keys in it on (a
+# listing of a day's directory, ~1,440 names a camera, costs about as much as 30 lookups).
+_LIST_FROM = 32
 MAX_KEY_LENGTH = 1024  # S3's limit, applied to both backends so a key valid on one is on the other
 MAX_SEGMENT_LENGTH = 200  # leaves room for the temp files' suffixes under NAME_MAX
 MAX_METADATA_BYTES = 2048  # S3's limit on user metadata (names plus values)
@@ -251,6 +254,41 @@ class _Lock:
             raise Unavailable(
                 f"filesystem store: unreadable lock metadata on {where}: {exc}"
             ) from exc
+
+
+_LOCK_DECODER = json.JSONDecoder()
+
+
+def _unlocked(raw: bytes, now: datetime) -> bool:
+    """True if the lock attribute ``raw`` plainly allows deleting at ``now``.
+
+    The fast path of ``delete_many`` (one call per key): the same decision as
+    ``_Lock.decode(raw).locked_at(now) is None`` for a well-formed attribute, without building
+    the lock. False means "not plainly unlocked": a lock, or anything unusual (not JSON, a
+    naive or odd ``retain_until``, odd metadata), which the full decoder then decides or
+    refuses as unreadable (F2), so nothing unusual is ever taken for "unlocked" here.
+    """
+    try:
+        text = raw.decode()
+        document, end = _LOCK_DECODER.raw_decode(text)  # json.loads without its wrappers
+    except ValueError:
+        return False
+    if end != len(text) or type(document) is not dict:
+        return False
+    if document.get("legal_hold", False) is not False:
+        return False
+    if type(document.get("metadata", {})) is not dict:
+        return False
+    retain = document.get("retain_until")
+    if retain is None:
+        return True
+    if type(retain) is not str or not retain:
+        return False
+    try:
+        until = datetime.fromisoformat(retain)
+    except ValueError:
+        return False
+    return until.tzinfo is not None and until.utcoffset() is not None and until <= now
 
 
 def _fsync_dir(path: Path | str) -> None:
@@ -400,6 +438,39 @@ class FilesystemStore:
             retain_until=lock.retain_until,
             legal_hold=lock.legal_hold,
         )
+
+    def present(self, keys: Sequence[str]) -> set[str]:
+        """The keys that name an object now (what ``head`` would find), for many keys at once.
+
+        Keys are grouped by directory. A directory holding many of them is listed once (after
+        a purge's delete, its listing no longer has their names: one ``getdents`` pass instead
+        of a failed lookup per key); a name still listed, and a key from a directory with few
+        of them, gets the ``stat`` that ``head`` makes (a regular file is an object, a
+        directory of other keys is not).
+        """
+        for key in keys:
+            validate_key(key)
+        by_directory: dict[str, builtins.list[str]] = {}
+        for key in keys:
+            by_directory.setdefault(key.rpartition("/")[0], []).append(key)
+        found: set[str] = set()
+        prefix = self._prefix
+        with self._io("head", ", ".join(keys[:3])):
+            for directory, members in by_directory.items():
+                if len(members) >= _LIST_FROM:
+                    try:
+                        listed = set(os.listdir(prefix + directory if directory else prefix))
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue  # no directory: none of them exists
+                    members = [k for k in members if k.rpartition("/")[2] in listed]
+                for key in members:
+                    try:
+                        status = os.stat(prefix + key)
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue
+                    if stat.S_ISREG(status.st_mode):
+                        found.add(key)
+        return found
 
     def delete_many(self, keys: Sequence[str]) -> list[DeleteFailure]:
         if len(keys) > MAX_DELETE_BATCH:
@@ -640,18 +711,29 @@ class FilesystemStore:
 
         def delete_some(part: Sequence[str], now: datetime) -> None:
             prefix = self._prefix
+            getxattr, unlink = os.getxattr, os.unlink
             for key in part:
                 path = prefix + key
                 try:
                     if honour_locks:
-                        lock = self._read_lock(path, key)
-                        if lock is None:
-                            continue  # already gone (or a directory of other keys)
-                        reason = lock.locked_at(now)
-                        if reason is not None:
-                            refusals[key] = reason
-                            continue
-                    os.unlink(path)
+                        try:
+                            raw = getxattr(path, LOCK_ATTRIBUTE)
+                        except (FileNotFoundError, NotADirectoryError):
+                            continue  # already gone
+                        except OSError as exc:
+                            if exc.errno != errno.ENODATA:
+                                raise
+                            raw = None  # a directory, or no attribute (F2): decided below
+                        if raw is None or not _unlocked(raw, now):
+                            # The rare cases, decided (or refused) by the full decoder.
+                            lock = self._read_lock(path, key)
+                            if lock is None:
+                                continue  # gone meanwhile (or a directory of other keys)
+                            reason = lock.locked_at(now)
+                            if reason is not None:
+                                refusals[key] = reason
+                                continue
+                    unlink(path)
                 except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                     continue  # gone already, or "key" names a directory of other keys
                 except (VaultError, OSError) as exc:

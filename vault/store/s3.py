@@ -70,6 +70,9 @@ _META_PREFIX = "x-amz-meta-"
 _RETAIN_UNTIL_HEADER = "x-amz-object-lock-retain-until-date"
 _LEGAL_HOLD_HEADER = "x-amz-object-lock-legal-hold"
 _MISSING = frozenset({"NoSuchKey", "NoSuchVersion"})
+# delete_many lists a whole "directory" of versions once, rather than each key's, from this
+# many of its keys on (a purge batch: up to 1,000 keys under a few camera-day prefixes).
+_LIST_FROM = 32
 # put_stream sends an object up to this size as one PUT and a larger one in parts of this size:
 # one request for a typical segment (1 minute of 1080p at 4 Mbit/s is ~30 MB), memory bounded
 # for any. S3 allows 5 MiB to 5 GiB per part and at most 10,000 parts.
@@ -259,6 +262,10 @@ class S3Store:
             legal_hold=str(headers.get(_LEGAL_HOLD_HEADER, "")).upper() == "ON",
         )
 
+    def present(self, keys: Sequence[str]) -> set[str]:
+        """A HEAD of each key (callers overlap several calls for many keys)."""
+        return {key for key in keys if self.head(key) is not None}
+
     def delete_many(self, keys: Sequence[str]) -> builtins.list[DeleteFailure]:
         if len(keys) > MAX_DELETE_BATCH:
             raise InvalidInput(f"delete_many takes at most {MAX_DELETE_BATCH} keys ({len(keys)})")
@@ -372,6 +379,31 @@ class S3Store:
                 if entry.object_name is not None and not entry.is_dir:
                     yield entry.object_name
 
+    def _versions_of(self, keys: Sequence[str]) -> dict[str, builtins.list[str | None]]:
+        """Every version id of each of ``keys`` (delete markers included), by key.
+
+        Keys are grouped by their "directory" (the prefix up to the last ``/``). One listing of
+        a directory that holds many of them (:data:`_LIST_FROM`) replaces a listing per key: a
+        purge batch's keys share a few camera-day prefixes. The listing is non-recursive, so
+        it holds exactly the keys directly in that directory, and only names asked are kept.
+        """
+        found: dict[str, builtins.list[str | None]] = {key: [] for key in keys}
+        by_directory: dict[str, builtins.list[str]] = {}
+        for key in keys:
+            by_directory.setdefault(key[: key.rfind("/") + 1], []).append(key)
+        for directory, members in by_directory.items():
+            if len(members) < _LIST_FROM:
+                for key in members:
+                    found[key] = self._versions(key)
+                continue
+            for entry in self._client.list_objects(
+                self.bucket, prefix=directory, include_version=True, recursive=False
+            ):
+                versions = found.get(entry.object_name or "")
+                if versions is not None and not entry.is_dir:
+                    versions.append(entry.version_id)
+        return found
+
     def _versions(self, key: str) -> builtins.list[str | None]:
         """Every version id of exactly ``key``, delete markers included."""
         # Non-recursive: with the "/" delimiter, keys below "key/" fold into one prefix entry.
@@ -386,7 +418,9 @@ class S3Store:
         refused: dict[str, str] = {}
         with self._errors("delete", ", ".join(keys[:3])):
             targets = [
-                DeleteObject(key, version) for key in keys for version in self._versions(key)
+                DeleteObject(key, version)
+                for key, versions in self._versions_of(keys).items()
+                for version in versions
             ]
             if targets:
                 for error in self._client.remove_objects(
@@ -396,10 +430,11 @@ class S3Store:
                     refused.setdefault(name, f"{error.code}: {error.message or 'refused'}")
             failures = [DeleteFailure(key, refused[key]) for key in keys if key in refused]
             # A version written while we deleted would survive unseen: check, do not assume.
+            left = self._versions_of([key for key in keys if key not in refused])
             failures += [
                 DeleteFailure(key, "a version remains after the delete")
-                for key in keys
-                if key not in refused and self._versions(key)
+                for key, versions in left.items()
+                if versions
             ]
         return failures
 
