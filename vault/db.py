@@ -225,16 +225,19 @@ class Prepared:
         ]
         return [(i, read) for i, read in enumerate(processors) if read is not None]
 
-    def run_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
-        """Execute the statement once per parameter set (``executemany``)."""
-        dialect = conn.dialect
-        form = self._forms.get(dialect) or self._compile(dialect)
+    def _open(self, conn: Connection) -> tuple[_Form, Any, Any]:
+        """The dialect's form, the driver connection and a fresh cursor on it."""
+        form = self._forms.get(conn.dialect) or self._compile(conn.dialect)
         dbapi_conn = conn.connection.dbapi_connection
         assert dbapi_conn is not None
-        cursor = dbapi_conn.cursor()
+        return form, dbapi_conn, dbapi_conn.cursor()
+
+    def run_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+        """Execute the statement once per parameter set (``executemany``)."""
+        form, dbapi_conn, cursor = self._open(conn)
         try:
             cursor.executemany(form.sql, [form.args(p) for p in params])
-        except dialect.loaded_dbapi.Error as exc:
+        except conn.dialect.loaded_dbapi.Error as exc:
             raise _wrapped(conn, exc, form.sql, params, dbapi_conn, cursor) from exc
         finally:
             cursor.close()
@@ -242,17 +245,13 @@ class Prepared:
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         """All rows of the statement for ``params`` (named tuples)."""
         assert isinstance(self._statement, Select)
-        dialect = conn.dialect
-        form = self._forms.get(dialect) or self._compile(dialect)
-        dbapi_conn = conn.connection.dbapi_connection
-        assert dbapi_conn is not None
-        cursor = dbapi_conn.cursor()
+        form, dbapi_conn, cursor = self._open(conn)
         try:
             cursor.execute(form.sql, form.args(params))
             fetched = cursor.fetchall()
             if form.readers is None:
-                form.readers = self._readers(dialect, cursor.description)
-        except dialect.loaded_dbapi.Error as exc:
+                form.readers = self._readers(conn.dialect, cursor.description)
+        except conn.dialect.loaded_dbapi.Error as exc:
             raise _wrapped(conn, exc, form.sql, params, dbapi_conn, cursor) from exc
         finally:
             cursor.close()

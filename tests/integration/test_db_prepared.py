@@ -7,14 +7,14 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Integer, bindparam, create_engine, func, literal, text
+from sqlalchemy import Integer, bindparam, func, literal, text
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 from tests.integration.test_catalog_timeline import _segment
+from tests.integration.test_db_ping import _terminate
 from tests.integration.test_purge import CONFIG, T0
 from vault.catalog import sync_config
 from vault.config import parse_config
@@ -86,12 +86,7 @@ def test_a_dead_postgresql_connection_is_invalidated_and_reported_unavailable(
     prepared = Prepared(core_select(func.pg_backend_pid().label("pid")))
     with reading(pg_engine) as conn:
         (pid,) = prepared.rows(conn, {})[0]
-    admin = create_engine(pg_engine.url.render_as_string(hide_password=False), poolclass=NullPool)
-    try:
-        with admin.connect() as other:
-            assert other.execute(text("SELECT pg_terminate_backend(:p, 5000)"), {"p": pid}).scalar()
-    finally:
-        admin.dispose()
+    _terminate(pg_engine, pid)  # as a database restart would
     with pytest.raises(Unavailable, match="catalog unavailable"), reading(pg_engine) as conn:
         prepared.rows(conn, {})
     with reading(pg_engine) as conn:  # the dead connection left the pool; the next one works
