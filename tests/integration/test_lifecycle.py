@@ -7,6 +7,7 @@ import os
 import time
 import tracemalloc
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -307,35 +308,31 @@ def test_crash_while_streaming_the_object_leaves_nothing_and_the_retry_commits(
     assert run_check(ctx).ok
 
 
+def _append_late_bytes(path: Path) -> None:
+    with path.open("ab") as handle:
+        handle.write(b"late bytes")
+
+
+def _flip_first_byte(path: Path) -> None:
+    with path.open("r+b") as handle:
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(bytes([first[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize(("tamper", "refusal"), [
+    # Longer: the seal pass reads more than was hashed.
+    (_append_late_bytes, "longer than when it was hashed"),
+    # Same length, other bytes: the length cannot show it; the file's version (inode, size,
+    # mtime, ctime), checked before the GCM tag, does.
+    (_flip_first_byte, "changed while it was sealed"),
+])
 def test_spool_file_that_changed_after_hashing_is_refused(
-    ctx: VaultContext, spool: Path, monkeypatch: pytest.MonkeyPatch
+    ctx: VaultContext, spool: Path, monkeypatch: pytest.MonkeyPatch,
+    tamper: Callable[[Path], None], refusal: str,
 ) -> None:
-    # The two passes must see the same bytes; if they do not, no object is completed.
-    pending = closed_segment(spool)
-    import vault.lifecycle as lifecycle
-
-    real_hash = lifecycle.sha256_file
-
-    def hash_then_append(path: Path) -> tuple[str, int]:
-        digest = real_hash(path)
-        with path.open("ab") as handle:
-            handle.write(b"late bytes")
-        return digest
-
-    monkeypatch.setattr(lifecycle, "sha256_file", hash_then_append)
-    with pytest.raises(IntegrityError, match="longer than when it was hashed"):
-        commit_segment(ctx, pending, spool)
-    assert ctx.store.head(f"segments/tokyo-1/cam-a/2026/11/29/{pending.segment_id}") is None
-    with unit_of_work(ctx.engine) as session:
-        assert list(session.exec(select(Segment))) == []
-
-
-def test_spool_file_rewritten_in_place_after_hashing_is_refused(
-    ctx: VaultContext, spool: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Same length, other bytes: the seal's length check cannot see it; the file's version
-    # (inode, size, mtime, ctime) checked before the tag does, so nothing is stored whose
-    # plaintext differs from the hash in its row (I6).
+    # The two passes must see the same bytes; if they do not, no object is completed and no
+    # row names a hash its object's plaintext does not have (I6).
     pending = closed_segment(spool)
     media_path = pending.media_path(spool)
     closed_at = time.time_ns() - 10 * 1_000_000_000  # as a recorder closed it, seconds ago
@@ -344,16 +341,13 @@ def test_spool_file_rewritten_in_place_after_hashing_is_refused(
 
     real_hash = lifecycle.sha256_file
 
-    def hash_then_overwrite(path: Path) -> tuple[str, int]:
+    def hash_then_tamper(path: Path) -> tuple[str, int]:
         digest = real_hash(path)
-        with path.open("r+b") as handle:
-            first = handle.read(1)
-            handle.seek(0)
-            handle.write(bytes([first[0] ^ 0xFF]))
+        tamper(path)
         return digest
 
-    monkeypatch.setattr(lifecycle, "sha256_file", hash_then_overwrite)
-    with pytest.raises(IntegrityError, match="changed while it was sealed"):
+    monkeypatch.setattr(lifecycle, "sha256_file", hash_then_tamper)
+    with pytest.raises(IntegrityError, match=refusal):
         commit_segment(ctx, pending, spool)
     assert ctx.store.head(f"segments/tokyo-1/cam-a/2026/11/29/{pending.segment_id}") is None
     with unit_of_work(ctx.engine) as session:
