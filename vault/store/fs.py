@@ -291,6 +291,28 @@ def _unlocked(raw: bytes, now: datetime) -> bool:
     return until.tzinfo is not None and until.utcoffset() is not None and until <= now
 
 
+def _temp_file(
+    target: Path, lock: bytes, fill: Callable[[int], None], *, drop_cache: bool = False
+) -> Path:
+    """A new temp file beside ``target``, filled by ``fill(fd)``, with its lock attribute set
+    before the name exists (F2), fsynced; removed again if any of it fails."""
+    temp = target.with_name(f".{target.name}{_TEMP_MARK}{uuid.uuid4().hex}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fill(fd)
+        os.setxattr(fd, LOCK_ATTRIBUTE, lock)
+        os.fsync(fd)
+        if drop_cache and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+    os.close(fd)
+    return temp
+
+
 def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -612,32 +634,31 @@ class FilesystemStore:
             _fsync_dir(path.parent)
 
     def _write_temp(self, target: Path, data: bytes | bytearray, lock: bytes) -> Path:
-        temp = target.with_name(f".{target.name}{_TEMP_MARK}{uuid.uuid4().hex}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
+        """A temp file holding ``data`` and its lock, fsynced."""
+
+        def fill(fd: int) -> None:
             # Chunks of 1 MiB: one huge write() costs the kernel several times more here
             # (measured: 30 MB objects, see docs/ref/bench.md).
             view = memoryview(data)
             while view:
                 written = os.write(fd, view[:_WRITE_CHUNK])
                 view = view[written:]
-            os.setxattr(fd, LOCK_ATTRIBUTE, lock)  # before the name exists (F2)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-            raise
-        os.close(fd)
-        return temp
+
+        return _temp_file(target, lock, fill)
 
     def _write_temp_from(
         self, target: Path, source: ByteSource, length: int, key: str, lock: bytes
     ) -> Path:
-        """A temp file holding exactly ``length`` bytes of ``source`` and its lock, fsynced."""
-        temp = target.with_name(f".{target.name}{_TEMP_MARK}{uuid.uuid4().hex}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
+        """A temp file holding exactly ``length`` bytes of ``source`` and its lock, fsynced.
+
+        A streamed object is large and written once (a segment: ~30 MB a camera-minute) and
+        is not read back by its writer: its now clean pages are dropped from the page cache so
+        the next one reuses them. Letting the cache grow instead cost ingest ~2.5 CPU s per
+        camera-hour on the benchmark VM (docs/ref/bench.md, P1); the price is that the first
+        read of just-written footage comes from disk.
+        """
+
+        def fill(fd: int) -> None:
             buffer = memoryview(bytearray(max(1, min(_WRITE_CHUNK, length))))
             left = length
             while left:
@@ -652,22 +673,8 @@ class FilesystemStore:
                 left -= count
             if read_source(source, buffer[:1]):
                 raise InvalidInput(f"stream for {key} is longer than its length {length}")
-            os.setxattr(fd, LOCK_ATTRIBUTE, lock)  # before the name exists (F2)
-            os.fsync(fd)
-            # A streamed object is large and written once (a segment: ~30 MB a camera-minute)
-            # and is not read back by its writer: drop its now clean pages from the page cache
-            # so the next one reuses them. Letting the cache grow instead cost ingest ~2.5 CPU s
-            # per camera-hour on the benchmark VM (docs/ref/bench.md, P1); the price is that the
-            # first read of just-written footage comes from disk.
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-            raise
-        os.close(fd)
-        return temp
+
+        return _temp_file(target, lock, fill, drop_cache=True)
 
     def _read_lock(self, path: str, key: str) -> _Lock | None:
         """The lock of the object at ``path``; None if there is no such file.
