@@ -159,7 +159,13 @@ class Run(SQLModel, table=True):
 
 
 class Segment(SQLModel, table=True):
-    __table_args__ = (Index("ix_segment_camera_start", "camera_id", "start"),)
+    __table_args__ = (
+        Index("ix_segment_camera_start", "camera_id", "start"),
+        # The nightly plan ("stored and due by now, oldest first") reads a range of this index:
+        # purged rows, which pile up behind every deadline, and footage not yet due are never
+        # visited. It also serves every lookup by state alone.
+        Index("ix_segment_state_retention", "state", "retention_until"),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     camera_id: str = Field(foreign_key="camera.id", max_length=64)
@@ -184,8 +190,8 @@ class Segment(SQLModel, table=True):
         default=None, sa_column=Column(LargeBinary, nullable=True)
     )
     purpose: str = Field(max_length=32, default=COLLECTION_PURPOSE)
-    retention_until: datetime = _utc_col(index=True)
-    state: str = Field(max_length=16, default=SegmentState.STORED, index=True)
+    retention_until: datetime = _utc_col()
+    state: str = Field(max_length=16, default=SegmentState.STORED)
     created_at: datetime = _utc_col()
     purged_at: datetime | None = _utc_col(nullable=True)
 
@@ -203,9 +209,9 @@ class Gap(SQLModel, table=True):
 
 class Tombstone(SQLModel, table=True):
     segment_id: str = Field(primary_key=True, max_length=36)
-    camera_id: str = Field(max_length=64, index=True)
+    camera_id: str = Field(max_length=64)
     sha256: str = Field(max_length=64)
-    object_key: str = Field(max_length=500, index=True)
+    object_key: str = Field(max_length=500)
     deleted_at: datetime = _utc_col()
     method: str = Field(max_length=100)
     verified: bool = False

@@ -339,6 +339,28 @@ class _Removal(NamedTuple):
     resumed: bool
 
 
+def due_chunk(as_of: datetime, after: tuple[datetime, str] | None) -> Any:
+    """The next ``_PLAN_CHUNK`` stored segments due by ``as_of``, oldest deadline first, after
+    the keyset position ``after`` (the last row's deadline and id).
+
+    A range of the ``(state, retention_until)`` index: purged rows and footage not yet due are
+    never read, however many there are.
+    """
+    stmt = (
+        sa_select(*_ROW_COLUMNS)
+        .where(col(Segment.state) == SegmentState.STORED)
+        .where(col(Segment.retention_until) <= as_of)
+    )
+    if after is not None:
+        stmt = stmt.where(
+            or_(
+                col(Segment.retention_until) > after[0],
+                and_(col(Segment.retention_until) == after[0], col(Segment.id) > after[1]),
+            )
+        )
+    return stmt.order_by(col(Segment.retention_until), col(Segment.id)).limit(_PLAN_CHUNK)
+
+
 def _rows(session: Session, stmt: Any) -> list[_Row]:
     # On the session's connection: a plain column select needs none of the ORM's loading.
     return list(map(_Row._make, session.connection().execute(stmt)))
@@ -585,23 +607,8 @@ class _Run:
     def _purge_due(self) -> None:
         cursor: tuple[datetime, str] | None = None
         while True:
-            stmt = (
-                sa_select(*_ROW_COLUMNS)
-                .where(col(Segment.state) == SegmentState.STORED)
-                .where(col(Segment.retention_until) <= self.as_of)
-            )
-            if cursor is not None:
-                stmt = stmt.where(
-                    or_(
-                        col(Segment.retention_until) > cursor[0],
-                        and_(
-                            col(Segment.retention_until) == cursor[0], col(Segment.id) > cursor[1]
-                        ),
-                    )
-                )
-            stmt = stmt.order_by(col(Segment.retention_until), col(Segment.id)).limit(_PLAN_CHUNK)
             with unit_of_work(self.ctx.engine) as session:
-                rows = _rows(session, stmt)
+                rows = _rows(session, due_chunk(self.as_of, cursor))
                 holds = active_holds(session, self.as_of)
             if not rows:
                 return
@@ -940,20 +947,12 @@ def _dry_run(
             else:
                 tallies.resumed += 1
                 tallies.went(row.camera_id, row.bytes, row.start, row.end)
-        last = ""
+        cursor: tuple[datetime, str] | None = None
         while True:
-            rows = _rows(
-                session,
-                sa_select(*_ROW_COLUMNS)
-                .where(col(Segment.state) == SegmentState.STORED)
-                .where(col(Segment.retention_until) <= as_of)
-                .where(col(Segment.id) > last)
-                .order_by(col(Segment.id))
-                .limit(_PLAN_CHUNK),
-            )
+            rows = _rows(session, due_chunk(as_of, cursor))
             if not rows:
                 break
-            last = rows[-1].id
+            cursor = (rows[-1].retention_until, rows[-1].id)
             decided = plan([_due(r) for r in rows], holds, as_of, batch_size)
             tallies.held(decided.held)
             for segment in decided.to_purge:
