@@ -35,9 +35,11 @@ from cctv_vault.runtime import build_api, open_vault, tune_api_process
 from vault.ledger import NullLedger
 from vault.settings import Settings
 
-__all__ = ["LEDGER_ENV", "STATS_ENV", "create", "serve"]
+__all__ = ["LEDGER_ENV", "STATS_ENV", "WAIT_ENV", "create", "serve"]
 
-LEDGER_ENV = "BENCH_P3_LEDGER"  # "on" (the real LedgerWriter, default) or "off" (NullLedger)
+LEDGER_ENV = "BENCH_P3_LEDGER"  # "on" (the real LedgerWriter, default), "off" (NullLedger) or
+# "wait" (NullLedger that suspends each request for WAIT_ENV milliseconds first)
+WAIT_ENV = "BENCH_P3_WAIT_MS"
 STATS_ENV = "BENCH_P3_STATS_DIR"
 
 
@@ -129,12 +131,17 @@ class StatusCounter:
 
 def create() -> ASGIApp:
     mode = os.environ.get(LEDGER_ENV, "on")
-    if mode not in ("on", "off"):
-        raise SystemExit(f"{LEDGER_ENV} must be on or off, not {mode!r}")
+    if mode not in ("on", "off", "wait"):
+        raise SystemExit(f"{LEDGER_ENV} must be on, off or wait, not {mode!r}")
     settings = Settings()
     tune_api_process(settings)
     ctx = open_vault(settings)
-    app, _writer = build_api(settings, ctx, sink=NullLedger() if mode == "off" else None)
+    sink = None
+    if mode == "off":
+        sink = NullLedger()
+    elif mode == "wait":
+        sink = NullLedger(delay_s=float(os.environ[WAIT_ENV]) / 1000)
+    app, _writer = build_api(settings, ctx, sink=sink)
     stats = os.environ.get(STATS_ENV)
     return StatusCounter(app, mode, Path(stats) if stats else None, LedgerBatches.attach())
 

@@ -15,6 +15,14 @@ Contenders, same server code, same requests, a fresh server each:
 * ``on``: the durable group-commit ``LedgerWriter`` (the product);
 * ``off``: ``vault.ledger.NullLedger`` — the anchor (never a deployment);
 
+a reference between the two:
+
+* ``wait``: ``NullLedger(delay_s)`` — writes nothing, but suspends each request on the event
+  loop for ``--wait-ms`` (default 10 ms, the group-commit window) before answering: what any
+  ledger that makes a request wait for durability costs, before doing any work of its own
+  (a suspended request resumes later with its data out of the CPU's caches, and the loop
+  runs more, emptier, turns);
+
 and two floors on the ledger-on server, to show where the rest goes: ``auth`` = ``GET /me``
 (JWT + principal lookup, no decision, no event) and ``healthz`` = ``GET /healthz`` (no auth,
 one ``SELECT 1``).
@@ -70,7 +78,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session, col, select
 
 from bench._api_profile import py_spy, start_py_spy, summarize_profile
-from bench._api_server import LEDGER_ENV, STATS_ENV
+from bench._api_server import LEDGER_ENV, STATS_ENV, WAIT_ENV
 from bench._common import (
     OUT,
     PYTHON,
@@ -93,6 +101,7 @@ TARGET_OVERHEAD = 1.3
 CONTENDERS = {
     "on": ("on", "timeline"),
     "off": ("off", "timeline"),
+    "wait": ("wait", "timeline"),
     "auth": ("on", "me"),
     "healthz": ("on", "healthz"),
 }
@@ -274,12 +283,13 @@ SERVERS = {
 class Server:
     """The API's uvicorn supervisor and its worker processes, in a process group of their own."""
 
-    ledger: str  # "on" | "off"
+    ledger: str  # "on" | "off" | "wait"
     data_dir: Path
     database_url: str | None
     workers: int
     launcher: str
     name: str
+    wait_ms: float = 0.0  # the "wait" server's suspension per request
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log: Any = None
@@ -298,6 +308,7 @@ class Server:
         env.update({
             "CCTV_DATA_DIR": str(self.data_dir),
             LEDGER_ENV: self.ledger,
+            WAIT_ENV: str(self.wait_ms),
             STATS_ENV: str(self.stats_dir),
             # The caller's own additions to the path reach the server too.
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -329,9 +340,14 @@ class Server:
 
     def cpu_seconds(self) -> tuple[float, float]:
         """User and system CPU seconds of the workers so far."""
-        stats = [proc_stat(pid) for pid in self.worker_pids()]
+        per_worker = self.worker_cpu_seconds()
+        return sum(u for u, _ in per_worker), sum(s for _, s in per_worker)
+
+    def worker_cpu_seconds(self) -> list[tuple[float, float]]:
+        """User and system CPU seconds of each worker so far, in pid order."""
         tick = os.sysconf("SC_CLK_TCK")
-        return sum(int(f[11]) for f in stats) / tick, sum(int(f[12]) for f in stats) / tick
+        stats = [proc_stat(pid) for pid in sorted(self.worker_pids())]
+        return [(int(f[11]) / tick, int(f[12]) / tick) for f in stats]
 
     def stop(self) -> tuple[Counter[str], Counter[str]]:
         """SIGTERM, which is graceful (the lifespan shutdown closes the ledger writer); then
@@ -541,6 +557,7 @@ class Run:
     ledger_commits: int  # the writers' group commits over the server's life
     events_per_commit: float
     load_average: float  # 1-minute load average of the machine at the end of the run
+    busiest_worker_share: float  # of the workers' CPU in the measured window (0.5: even)
 
     @property
     def server_us_per_request(self) -> float:
@@ -581,17 +598,25 @@ def one_run(
     ledger, what = CONTENDERS[contender]
     url = catalog_url(data_dir, database_url)
     head_before, _ = ledger_state(url, 0)
-    server = Server(ledger, data_dir, database_url, args.workers, args.server, contender)
+    server = Server(ledger, data_dir, database_url, args.workers, args.server, contender,
+                    wait_ms=args.wait_ms)
     with serving(server):
         tokens = login(server.base)
         script = write_lua(data_dir / f"load-{contender}.lua", request_pool(what, timeline),
                            tokens)
         run_wrk(server.base, script, args.warmup, args.connections, data_dir / "wrk")
         spies = start_py_spy(server.worker_pids(), args.seconds, profile_to) if profile_to else []
-        user0, sys0 = server.cpu_seconds()
+        before = server.worker_cpu_seconds()
         stats, wrk_cpu = run_wrk(server.base, script, args.seconds, args.connections,
                                  data_dir / "wrk")
-        user1, sys1 = server.cpu_seconds()
+        after = server.worker_cpu_seconds()
+        user0, sys0 = sum(u for u, _ in before), sum(s for _, s in before)
+        user1, sys1 = sum(u for u, _ in after), sum(s for _, s in after)
+        # The kernel hands each of wrk's connections to whichever worker accepts first, and
+        # asyncio accepts a burst of them at once: the split is the luck of the draw, and a
+        # worker serving most connections alone caps the run at one core.
+        worker_cpu = [a[0] + a[1] - b[0] - b[1] for a, b in zip(after, before, strict=True)]
+        busiest = max(worker_cpu) / max(1e-9, sum(worker_cpu))
         for spy in spies:
             spy.wait(timeout=args.seconds + 60)
         served, errors = server.stop()
@@ -602,7 +627,7 @@ def one_run(
                   if not k.endswith(" 200") and k != "timeline 503"}
     if unexpected:
         raise SystemExit(f"{label}: unexpected responses {unexpected}; 5xx: {dict(errors)}")
-    if ledger == "off":
+    if ledger in ("off", "wait"):
         if head_after != head_before:
             raise SystemExit(f"{label}: the ledger-off server wrote {events}")
     else:
@@ -627,6 +652,7 @@ def one_run(
         ledger_commits=batches[0],
         events_per_commit=batches[1] / batches[0] if batches[0] else 0.0,
         load_average=load,
+        busiest_worker_share=busiest,
     )
 
 
@@ -634,7 +660,7 @@ def one_run(
 
 
 def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
-    contenders = ["on", "off"] + (["auth", "healthz"] if args.floors else [])
+    contenders = ["on", "off"] + (["wait", "auth", "healthz"] if args.floors else [])
     with vault_backend(backend, args.pg_url) as (data_dir, database_url):
         layout = populate(data_dir, database_url, args.segments_per_camera)
         print(
@@ -662,6 +688,7 @@ def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                     f"p99 {run.p99_ms:6.1f} ms  server {run.server_us_per_request:5.0f} "
                     f"CPU-µs/req ({100 * run.server_sys_share:2.0f}% sys)  "
                     f"wrk {100 * run.wrk_cpu_s / run.seconds:3.0f}% of a core  "
+                    f"busiest worker {100 * run.busiest_worker_share:3.0f}%  "
                     f"load {run.load_average:.1f}{extra}",
                     flush=True,
                 )
@@ -745,7 +772,10 @@ def main(argv: list[str] | None = None) -> int:
         "with TCP_NODELAY on the listening socket",
     )
     parser.add_argument("--no-floors", dest="floors", action="store_false",
-                        help="skip the GET /me and GET /healthz floors")
+                        help="skip the wait reference and the GET /me and GET /healthz floors")
+    parser.add_argument("--wait-ms", type=float, default=10.0,
+                        help="the wait reference's suspension per request (default: the "
+                             "ledger's group-commit window, 10 ms)")
     parser.add_argument("--window-minutes", type=int, default=10,
                         help="timeline window per request (default 10 one-minute segments)")
     parser.add_argument("--segments-per-camera", type=int, default=600)
@@ -789,6 +819,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {backend: bench_backend(backend, args) for backend in backends}
 
     what = {"on": "timeline, ledger on", "off": "timeline, ledger off",
+            "wait": f"timeline, off + {args.wait_ms:g} ms wait",
             "auth": "floor: GET /me", "healthz": "floor: GET /healthz"}
     rows = [["backend", "contender", "req/s", "p50 ms", "p99 ms", "server CPU µs/req",
              "of it sys", "wrk % core", "non-2xx", "runs"]]
@@ -817,6 +848,17 @@ def main(argv: list[str] | None = None) -> int:
             f"on/off {res['cpu_ratio']:.2f}x; {on['events_per_commit']:.1f} events per group "
             f"commit; load average {on['load_average']:.1f} on {os.cpu_count()} cores"
         )
+        if "wait" in res["summary"]:
+            off_us = res["summary"]["off"]["server_us_per_request"]
+            wait_us = res["summary"]["wait"]["server_us_per_request"]
+            print(
+                f"  of the {on['server_us_per_request'] - off_us:.0f} CPU-µs a request costs "
+                f"more with the ledger, {wait_us - off_us:.0f} come with waiting "
+                f"{args.wait_ms:g} ms and nothing else (ledger off + wait: "
+                f"{res['summary']['wait']['rps']:.0f} req/s, off/wait "
+                f"{res['summary']['off']['rps'] / res['summary']['wait']['rps']:.2f}x), "
+                f"{on['server_us_per_request'] - wait_us:.0f} with the ledger's own work"
+            )
         failures = on["non_2xx"] + res["summary"]["off"]["non_2xx"]
         print(
             f"  verified: ledger events match the 200 responses of every ledger-on run, "

@@ -639,13 +639,18 @@ class LedgerWriter:
 class NullLedger:
     """Writes nothing and returns a counter. ONLY for the P3 benchmark's "ledger off" run.
 
+    With ``delay_s``, :meth:`write_async` first waits that long on the event loop: the
+    benchmark's "wait" reference, what a request pays for being suspended as long as a group
+    commit takes, with no ledger work at all.
+
     Wiring this into a serving process would send footage with no audit record, breaking I3
     and I10: the composition root must never construct it outside ``bench/``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self._lock = threading.Lock()
         self._seq = 0
+        self._delay_s = delay_s
 
     def write(self, draft: EventDraft) -> int:
         with self._lock:
@@ -653,6 +658,8 @@ class NullLedger:
             return self._seq
 
     async def write_async(self, draft: EventDraft) -> int:
+        if self._delay_s:
+            await asyncio.sleep(self._delay_s)
         return self.write(draft)
 
     def write_many(self, drafts: Sequence[EventDraft]) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -236,3 +237,17 @@ def test_null_ledger_counts_and_writes_nothing() -> None:
     sink = NullLedger()
     assert [sink.write(draft(i)) for i in range(3)] == [1, 2, 3]
     assert sink.write_many([draft(), draft()]) == [4, 5]
+
+
+def test_null_ledger_with_a_delay_suspends_the_caller_first() -> None:
+    async def scenario() -> tuple[bool, list[int]]:
+        sink = NullLedger(delay_s=0.001)
+        write = asyncio.ensure_future(sink.write_async(draft()))
+        await asyncio.sleep(0)  # one turn of the loop: the write has started
+        suspended = not write.done()
+        return suspended, [await write, await sink.write_async(draft())]
+
+    suspended, seqs = asyncio.run(scenario())
+    assert suspended
+    assert seqs == [1, 2]
+    assert NullLedger().write_many([draft()]) == [1]  # without a delay: nothing to wait for
