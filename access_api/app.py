@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from access_api import problems
+from access_api.audit import AuditBarrier
 from access_api.deps import BEARER_SCHEME, ApiServices, declared_permissions
 from access_api.policy import Action
 from access_api.routes import access, audit, auth, footage, retention, users
@@ -74,6 +75,8 @@ def create_app(
     # Footage first: the router tries routes in order, and viewing calls are the hot path.
     for module in (footage, auth, access, audit, users, retention):
         app.include_router(module.router)
+    # Inside the security headers, so that a 503 it answers instead carries them too.
+    app.add_middleware(AuditBarrier, timeout_s=services.auditor.sink.write_timeout_s)
     app.add_middleware(_SecurityHeaders)
     _document_bearer_auth(app)
     return app

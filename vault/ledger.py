@@ -193,11 +193,18 @@ class EventDraft:
 
 class AuditSink(Protocol):
     """Where the API layer sends its decisions: ``write`` returns once the event is durable;
-    ``write_async`` is the same for a caller on an event loop, without blocking it."""
+    ``write_async`` is the same for a caller on an event loop, without blocking it; ``submit``
+    starts the write and returns at once, with a future of the event loop that settles with
+    the seq once the event is durable, or with :class:`Unavailable` (the caller applies
+    ``write_timeout_s`` and cancels the future when it gives up)."""
+
+    write_timeout_s: float
 
     def write(self, draft: EventDraft) -> int: ...
 
     async def write_async(self, draft: EventDraft) -> int: ...
+
+    def submit(self, draft: EventDraft) -> asyncio.Future[int]: ...
 
 
 def _lock_head(conn: Connection) -> None:
@@ -401,6 +408,11 @@ def _settle(waiters: Sequence[_Waiter]) -> None:
             future.set_result(cast(int, waiter.seq))
 
 
+def _settle_one(future: asyncio.Future[int], seq: int) -> None:
+    if not future.done():
+        future.set_result(seq)
+
+
 def _describe(exc: BaseException) -> str:
     """A short reason for logs and errors: the driver's first line, never SQL parameters."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
@@ -481,10 +493,9 @@ class LedgerWriter:
 
     async def write_async(self, draft: EventDraft) -> int:
         """Like :meth:`write`, awaited on an event loop instead of blocking a thread."""
-        now = time.monotonic()
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(draft, now, future)
-        self._enqueue([waiter], now)
+        waiter = self._submit(draft)
+        future = waiter.future
+        assert future is not None
         # asyncio.wait, not wait_for: a timeout must not cancel the future, whose batch may
         # still be committing; the outcome is read below either way.
         await asyncio.wait((future,), timeout=self.write_timeout_s)
@@ -499,6 +510,21 @@ class LedgerWriter:
                 f"audit ledger unavailable: not durable within {self.write_timeout_s:g}s"
             )
         return future.result()
+
+    def submit(self, draft: EventDraft) -> asyncio.Future[int]:
+        """Hand ``draft`` in and return at once (on the event loop): the future settles with
+        its seq once it is durable, or with :class:`Unavailable`. Cancelling the future gives
+        the event up if no batch has taken it yet (a taken one may still be written: the ledger
+        may over-report an attempt, never lose one)."""
+        future = self._submit(draft).future
+        assert future is not None
+        return future
+
+    def _submit(self, draft: EventDraft) -> _Waiter:
+        now = time.monotonic()
+        waiter = _Waiter(draft, now, asyncio.get_running_loop().create_future())
+        self._enqueue([waiter], now)
+        return waiter
 
     def _enqueue(self, waiters: list[_Waiter], now: float) -> None:
         with self._cond:
@@ -570,6 +596,10 @@ class LedgerWriter:
             batch: list[_Waiter] = []
             while self._queue and len(batch) < self.batch_max:
                 waiter = self._queue.popleft()
+                # A future its caller cancelled is an event given up (read without the loop's
+                # involvement: at worst an event given up this instant is still written).
+                if waiter.future is not None and waiter.future.cancelled():
+                    waiter.state = _State.ABANDONED
                 if waiter.state is _State.QUEUED:
                     waiter.state = _State.TAKEN
                     batch.append(waiter)
@@ -647,6 +677,8 @@ class NullLedger:
     and I10: the composition root must never construct it outside ``bench/``.
     """
 
+    write_timeout_s = 3.0
+
     def __init__(self, delay_s: float = 0.0) -> None:
         self._lock = threading.Lock()
         self._seq = 0
@@ -661,6 +693,16 @@ class NullLedger:
         if self._delay_s:
             await asyncio.sleep(self._delay_s)
         return self.write(draft)
+
+    def submit(self, draft: EventDraft) -> asyncio.Future[int]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        seq = self.write(draft)
+        if self._delay_s:
+            loop.call_later(self._delay_s, _settle_one, future, seq)
+        else:
+            future.set_result(seq)
+        return future
 
     def write_many(self, drafts: Sequence[EventDraft]) -> list[int]:
         return [self.write(d) for d in drafts]

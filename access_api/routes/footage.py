@@ -86,8 +86,13 @@ async def _gate(
     target: str,
     whole_segment: bool = False,
     details: dict[str, Any] | None = None,
+    before_send: bool = False,
 ) -> Decision:
-    """Decide a footage call and make the decision durable; raise on refusal."""
+    """Decide a footage call and make the decision durable; raise on refusal.
+
+    ``before_send``: durable before the response leaves rather than before this returns
+    (:meth:`Auditor.adecision_before_send`), for answers built from the catalog alone.
+    """
     p = caller.principal
     grant = scope.grant
     info = {
@@ -112,9 +117,10 @@ async def _gate(
     )
     decision = decide(p, Action.FOOTAGE_VIEW, facts, services.ctx.clock.now(), services.policy)
     purpose = grant.purpose if grant and grant.holder == p.name else ""
-    await services.auditor.adecision(
-        p, action, target, decision, purpose=purpose, client=caller.client, details=info
+    record = (
+        services.auditor.adecision_before_send if before_send else services.auditor.adecision
     )
+    await record(p, action, target, decision, purpose=purpose, client=caller.client, details=info)
     if not decision.allowed:
         raise Forbidden(decision.reason, decision.rule)
     return decision
@@ -161,6 +167,7 @@ async def timeline(
     await _gate(
         services, caller, scope, window=window, action="footage.timeline",
         target=f"camera:{camera_id}", details={"segments": len(segments), "gaps": len(gaps)},
+        before_send=True,
     )
     body = TimelineOut.model_construct(
         camera=camera_id, start=window.start, end=window.end, grant=str(grant),

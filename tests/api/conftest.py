@@ -9,6 +9,7 @@ test_clip.py: segments at T0+0..6 s and T0+9..13 s, and ``cam-c`` without footag
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -96,6 +97,20 @@ class RecordingSink:
         seq = await self.writer.write_async(draft)
         self.log.entries.append(f"audit {draft.action} {draft.decision} {draft.target}")
         return seq
+
+    @property
+    def write_timeout_s(self) -> float:
+        return self.writer.write_timeout_s
+
+    def submit(self, draft: Any) -> asyncio.Future[int]:
+        future = self.writer.submit(draft)
+
+        def noted(done: asyncio.Future[int]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.log.entries.append(f"audit {draft.action} {draft.decision} {draft.target}")
+
+        future.add_done_callback(noted)
+        return future
 
 
 class RecordingStore:

@@ -77,6 +77,7 @@ def test_locked_ledger_means_503_and_no_bytes(
         resp = api.get(url, OP, params={**params, "grant": grant})
     body = problem(resp, 503)
     assert "audit ledger unavailable" in body["detail"]
+    assert resp.headers["x-content-type-options"] == "nosniff"  # a full answer, headers and all
     # Not one byte of footage was even read from the store, let alone sent.
     assert [e for e in api.order.entries if e.startswith("get ")] == []
     # Once the lock is gone the same call works, and is logged.

@@ -260,3 +260,27 @@ def test_writer_gives_its_connection_back_as_it_was_lent(engine: Engine) -> None
     with engine.connect() as a, engine.connect() as b:
         settings = {str(conn.exec_driver_sql(query).scalar()) for conn in (a, b)}
     assert settings == ({"30000"} if engine.dialect.name == "sqlite" else {"0"})
+
+
+def test_submitted_events_are_durable_when_their_futures_settle_and_given_up_ones_are_not(
+    engine: Engine,
+) -> None:
+    """``submit``: the future settles with the seq once the batch has committed; a future
+    cancelled before a batch took its event gives that event up (it is never written)."""
+
+    async def run(writer: LedgerWriter) -> tuple[list[int], bool]:
+        kept = [writer.submit(draft(i)) for i in range(5)]
+        given_up = writer.submit(draft(99))
+        given_up.cancel()  # the batch window (1 s) has not closed: no batch has taken it
+        seqs = list(await asyncio.gather(*kept))
+        return seqs, given_up.cancelled()
+
+    with LedgerWriter(engine, batch_max=100, batch_wait_s=1.0, batch_quiet_s=0.2) as writer:
+        seqs, cancelled = asyncio.run(run(writer))
+    assert cancelled
+    assert seqs == [1, 2, 3, 4, 5]
+    assert stored_seqs(engine) == seqs  # durable, and the given-up event is not among them
+    with unit_of_work(engine) as session:
+        targets = set(session.exec(select(AuditEvent.target)).all())
+    assert "camera:cam-99" not in targets
+    assert chain_ok(engine)
