@@ -87,35 +87,21 @@ class Auditor:
         purpose: str = "",
         client: str = "",
         details: Mapping[str, Any] | None = None,
-    ) -> int:
-        return await self.sink.write_async(
-            self._decision_draft(who, action, target, decision, purpose, client, details)
-        )
-
-    async def adecision_before_send(
-        self,
-        who: PrincipalView,
-        action: str,
-        target: str,
-        decision: Decision,
-        *,
-        purpose: str = "",
-        client: str = "",
-        details: Mapping[str, Any] | None = None,
+        before_send: bool = False,
     ) -> None:
-        """Record ``decision`` so that it is durable before the response leaves (I3), not
-        before this returns: under :class:`AuditBarrier` the event is handed to the ledger and
-        the request goes on while it commits; the barrier holds the response until it is
-        durable and answers 503 instead if it cannot be written. Without a barrier, or once
-        the response has started, this awaits durability like :meth:`adecision`.
+        """:meth:`decision` on the event loop: durable when this returns.
 
-        For answers built from the catalog alone (a timeline): nothing of the request's work
-        needs the event first, only its answer does. Routes that read footage still use
-        :meth:`adecision`, so no footage is even decrypted for a view the ledger has not
-        recorded.
+        ``before_send``: durable before the response leaves (I3), not before this returns:
+        under :class:`AuditBarrier` the event is handed to the ledger and the request goes on
+        while it commits; the barrier holds the response until it is durable and answers 503
+        instead if it cannot be written. Without a barrier, or once the response has started,
+        it is awaited here all the same. For answers built from the catalog alone (a
+        timeline): nothing of the request's work needs the event first, only its answer does.
+        Routes that read footage do not use it, so no footage is even decrypted for a view the
+        ledger has not recorded.
         """
         draft = self._decision_draft(who, action, target, decision, purpose, client, details)
-        held = _HELD.get()
+        held = _HELD.get() if before_send else None
         if held is None or held.released:
             await self.sink.write_async(draft)
         else:
@@ -184,7 +170,7 @@ class Auditor:
 
 class AuditBarrier:
     """I3 at the transport: no message of a response leaves before every audit event its
-    request handed in through :meth:`Auditor.adecision_before_send` is durable.
+    request handed in through :meth:`Auditor.adecision` with ``before_send`` is durable.
 
     The app runs to its end while the ledger commits; its response is held (a complete body is
     only a reference to bytes already in memory), then sent once the events are durable — or

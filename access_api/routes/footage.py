@@ -91,7 +91,7 @@ async def _gate(
     """Decide a footage call and make the decision durable; raise on refusal.
 
     ``before_send``: durable before the response leaves rather than before this returns
-    (:meth:`Auditor.adecision_before_send`), for answers built from the catalog alone.
+    (``Auditor.adecision(before_send=True)``), for answers built from the catalog alone.
     """
     p = caller.principal
     grant = scope.grant
@@ -117,10 +117,10 @@ async def _gate(
     )
     decision = decide(p, Action.FOOTAGE_VIEW, facts, services.ctx.clock.now(), services.policy)
     purpose = grant.purpose if grant and grant.holder == p.name else ""
-    record = (
-        services.auditor.adecision_before_send if before_send else services.auditor.adecision
+    await services.auditor.adecision(
+        p, action, target, decision, purpose=purpose, client=caller.client, details=info,
+        before_send=before_send,
     )
-    await record(p, action, target, decision, purpose=purpose, client=caller.client, details=info)
     if not decision.allowed:
         raise Forbidden(decision.reason, decision.rule)
     return decision

@@ -56,7 +56,7 @@ def app_that(steps: Callable[[Auditor, Send], Awaitable[None]], auditor: Auditor
 
 
 async def audit(auditor: Auditor) -> None:
-    await auditor.adecision_before_send(WHO, "footage.timeline", "camera:c", ALLOWED)
+    await auditor.adecision(WHO, "footage.timeline", "camera:c", ALLOWED, before_send=True)
 
 
 def start(status: int = 200) -> Message:
