@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import Integer, bindparam, func, literal, text
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
@@ -113,3 +114,45 @@ def test_sqlite_instant_processors_match_the_generic_ones(value: datetime) -> No
     # A value written without microseconds (a server default) reads the same way.
     short = stored.split(".")[0]
     assert _sqlite_instant(short) == read(short)
+
+
+_MANY = sa.Table(
+    "prepared_many", sa.MetaData(),
+    sa.Column("n", Integer, primary_key=True),
+    sa.Column("name", sa.String(50), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=True),
+    sa.Column("flag", sa.Boolean, nullable=False),
+)
+_INSERT_MANY = Prepared(_MANY.insert().values({c.name: bindparam(c.name) for c in _MANY.columns}))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 71, 72, 250])  # 999 // 5 = 199 rows per SQLite statement
+def test_prepared_run_many_stores_what_connection_execute_stores(engine: Engine, rows: int) -> None:
+    _MANY.create(engine)
+    at = datetime(2026, 11, 29, 1, 2, 3, 456789, tzinfo=UTC)
+    params = [
+        {"n": i, "name": f"row {i} '?'", "at": at + timedelta(seconds=i),
+         "blob": None if i % 3 == 0 else bytes([i % 256]) * 3, "flag": i % 2 == 0}
+        for i in range(rows)
+    ]
+    with engine.begin() as conn:  # the reference: SQLAlchemy's own executemany
+        conn.execute(_MANY.insert(), params)
+        expected = [tuple(r) for r in conn.execute(core_select(_MANY).order_by(_MANY.c.n))]
+        conn.execute(_MANY.delete())
+    with engine.begin() as conn:  # the caller's transaction, as the ledger writer's
+        _INSERT_MANY.run_many(conn, params)
+    with engine.connect() as conn:
+        got = [tuple(r) for r in conn.execute(core_select(_MANY).order_by(_MANY.c.n))]
+    assert got == expected
+    assert len(got) == rows
+
+
+def test_prepared_run_many_is_all_or_nothing_within_its_transaction(engine: Engine) -> None:
+    _MANY.create(engine)
+    at = datetime(2026, 11, 29, tzinfo=UTC)
+    clash = [{"n": i % 300, "name": "x", "at": at, "blob": None, "flag": True} for i in range(301)]
+    with pytest.raises(DBAPIError), engine.begin() as conn:
+        _INSERT_MANY.run_many(conn, clash)  # n = 0 twice, in the second SQLite statement
+    with engine.connect() as conn:
+        assert conn.execute(core_select(func.count()).select_from(_MANY)).scalar_one() == 0
