@@ -24,7 +24,8 @@ verified tombstone and a certificate that verifies against tombstones and ledger
 row and no object. Then the same on S3 (moto's server in its own process) with
 ``--s3-segments`` (default 300: moto answers a listing in time that grows with the bucket;
 the naive loop lists each key's versions before and after its delete, ours one listing per
-camera-day directory). The filesystem setup
+camera-day directory) over ``--s3-cameras`` (default 4, so that a directory holds ~75 keys,
+as a purge batch's directories do). The filesystem setup
 writes the store's files directly (same layout, no fsync); S3 objects are put through the
 store.
 
@@ -369,6 +370,10 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=100_000, help="0 skips the filesystem")
     parser.add_argument("--cameras", type=int, default=100)
     parser.add_argument("--s3-segments", type=int, default=300, help="0 skips S3")
+    parser.add_argument("--s3-cameras", type=int, default=4,
+                        help="cameras of the S3 run (default 4: ~75 keys per camera-day "
+                             "directory, above the 32 from which delete_many lists a directory "
+                             "once instead of per key, as a real purge batch's keys are)")
     parser.add_argument("--store-parent", type=Path,
                         help="put the filesystem store under this directory (e.g. /dev/shm)"
                              " instead of the data dir; the catalog stays in the data dir")
@@ -393,7 +398,7 @@ def main() -> None:
         with moto_server() as endpoint:
             s3 = Backend("s3", args.database_url, endpoint)
             results["s3 (moto)"] = {
-                c: one(c, s3, args.s3_segments, min(args.cameras, args.s3_segments))
+                c: one(c, s3, args.s3_segments, min(args.s3_cameras, args.s3_segments))
                 for c in ("ours", "naive")
             }
     rows = [["store", "segments", "ours /s", "naive /s", "ratio", "floor /s (unlink only)"]]
@@ -404,7 +409,8 @@ def main() -> None:
                      f"{r['naive']['rate']:,.0f}", f"{r['ratio']:.1f}x", floor])
     catalog = "PostgreSQL" if args.database_url else "SQLite"
     where = f", filesystem store under {args.store_parent}" if args.store_parent else ""
-    print(f"\nP5 purge throughput ({catalog} catalog{where}, {args.cameras} cameras, one run):")
+    print(f"\nP5 purge throughput ({catalog} catalog{where}, {args.cameras} cameras on the "
+          f"filesystem, {args.s3_cameras} on S3, one run):")
     print(table(rows))
     met = True
     if "fs" in results:

@@ -20,6 +20,7 @@ from vault.db import unit_of_work
 from vault.errors import IntegrityError, NotFound
 from vault.lifecycle import VaultContext, read_segment, read_thumbnail
 from vault.models import Segment, SegmentState, Tombstone
+from vault.store.base import UnknownLock
 
 __all__ = ["CheckReport", "Violation", "purged_violations", "run_check"]
 
@@ -113,7 +114,12 @@ def run_check(
         if segment.thumb_key:
             known_keys.add(segment.thumb_key)
         for key in filter(None, (segment.object_key, segment.thumb_key)):
-            if ctx.store.head(key) is None:
+            try:
+                present = ctx.store.head(key) is not None
+            except UnknownLock as exc:  # reported, and the check goes on to the next object
+                report.violations.append(Violation("lock-unknown", key, exc.message))
+                continue
+            if not present:
                 report.violations.append(
                     Violation("missing-object", key, f"segment {segment.id} has no object")
                 )

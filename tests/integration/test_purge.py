@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from vault.purge import (
 )
 from vault.signing import SigningKey
 from vault.store.base import ByteSource, DeleteFailure, ObjectInfo, ObjectStore
-from vault.store.fs import FilesystemStore
+from vault.store.fs import LOCK_ATTRIBUTE, FilesystemStore
 from vault.store.s3 import S3Store
 from vault.timerange import FixedClock, utcnow
 
@@ -482,6 +483,40 @@ def test_s3_refuses_deleting_before_retention_until(
     assert read_segment(vault.ctx, row)
     assert s3_store.version_ids(segments[0].object_key)
     assert_proven(vault, report)
+
+
+def test_an_object_of_unknown_lock_is_refused_alone_and_the_run_goes_on(
+    engine: Engine, tmp_path: Path, clock: FixedClock
+) -> None:
+    """A filesystem object that lost its lock attribute (e.g. restored without extended
+    attributes) may be hiding a lock: the store refuses to delete it, that segment stays
+    stored and is counted as failed, and the rest of the batch — and of the run — is purged."""
+    store = FilesystemStore(tmp_path / "store", clock=clock.now)
+    vault = make_vault(engine, store, tmp_path, clock)
+    segments = vault.record("cam-a", T0, 3)
+    stripped = segments[1]
+    os.removexattr(store.root / "objects" / stripped.object_key, LOCK_ATTRIBUTE)
+    due = segments[-1].retention_until
+
+    report = vault.purge(due)
+    assert report.purged == 2
+    assert [(f.segment_id, f.key) for f in report.failed] == [(stripped.id, stripped.object_key)]
+    assert "no lock metadata" in report.failed[0].reason
+    assert states(vault.ctx)[stripped.id] == SegmentState.STORED
+    assert read_segment(vault.ctx, rows(vault.ctx)[stripped.id])  # footage untouched
+    for gone in (segments[0], segments[2]):
+        assert_gone(vault.ctx, gone)
+    verdict = verify_run(vault.ctx, report.run_id or "", [vault.key.public])
+    assert verdict.ok, verdict.problems
+    # check names the object (and only it) instead of stopping at it.
+    check = run_check(vault.ctx)
+    assert [(v.kind, v.target) for v in check.violations] == [
+        ("lock-unknown", stripped.object_key)
+    ]
+    assert check.decrypted == 1  # its footage still verifies
+    # Every later run refuses it again, and says so, until someone restores its lock.
+    again = vault.purge(due + timedelta(days=1))
+    assert again.purged == 0 and [f.segment_id for f in again.failed] == [stripped.id]
 
 
 def test_filesystem_store_refuses_deleting_before_retention_until(

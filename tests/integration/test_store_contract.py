@@ -839,8 +839,9 @@ def test_fs_object_without_lock_metadata_is_an_error(fs_store: FilesystemStore) 
     fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=_later())
     os.removexattr(fs_store.root / "objects" / SEGMENT, LOCK_ATTRIBUTE)
 
-    with pytest.raises(Unavailable, match="no lock metadata"):
-        fs_store.delete_many([SEGMENT])
+    # A delete refuses that object, as it would a locked one.
+    (refused,) = fs_store.delete_many([SEGMENT])
+    assert refused.key == SEGMENT and "no lock metadata" in refused.reason
     with pytest.raises(Unavailable, match="no lock metadata"):
         fs_store.head(SEGMENT)
     with pytest.raises(Unavailable, match="no lock metadata"):
@@ -855,8 +856,10 @@ def test_fs_unreadable_lock_metadata_never_unlocks(fs_store: FilesystemStore) ->
     fs_store.put(SEGMENT, FOOTAGE, METADATA, retain_until=_later())
     os.setxattr(fs_store.root / "objects" / SEGMENT, LOCK_ATTRIBUTE, b"{not json")
 
+    (refused,) = fs_store.delete_many([SEGMENT])
+    assert refused.key == SEGMENT and "unreadable lock metadata" in refused.reason
     with pytest.raises(Unavailable, match="unreadable lock metadata"):
-        fs_store.delete_many([SEGMENT])
+        fs_store.head(SEGMENT)
     assert fs_store.get(SEGMENT) == FOOTAGE
 
 
@@ -884,15 +887,18 @@ def test_fs_delete_decides_every_lock_attribute_as_the_decoder_does(
     tmp_path: Path, attribute: object, deleted: bool | None
 ) -> None:
     # delete_many reads plain attributes on a fast path; anything unusual goes to the full
-    # decoder, which refuses what it cannot read (None: Unavailable). Now: 2026-11-29T23:30Z.
+    # decoder, which refuses what it cannot read (None: refused as unreadable, and head()
+    # raises). Now: 2026-11-29T23:30Z.
     now = FixedClock(datetime(2026, 11, 29, 23, 30, tzinfo=UTC))
     store = FilesystemStore(tmp_path, clock=now.now)
     store.put(SEGMENT, FOOTAGE, METADATA)
     os.setxattr(tmp_path / "objects" / SEGMENT, LOCK_ATTRIBUTE, json.dumps(attribute).encode())
 
     if deleted is None:
+        (refused,) = store.delete_many([SEGMENT])
+        assert "unreadable lock metadata" in refused.reason
         with pytest.raises(Unavailable, match="unreadable lock metadata"):
-            store.delete_many([SEGMENT])
+            store.head(SEGMENT)
         assert store.get(SEGMENT) == FOOTAGE
         return
     failures = store.delete_many([SEGMENT])
@@ -930,10 +936,11 @@ def test_fs_parallel_delete_reports_an_object_without_lock_and_keeps_it(
         fs_store.put(key, b"x", {})
     os.removexattr(fs_store.root / "objects" / keys[40], LOCK_ATTRIBUTE)
 
-    with pytest.raises(Unavailable, match="no lock metadata"):
-        fs_store.delete_many(keys)
+    failures = fs_store.delete_many(keys)
+    assert [f.key for f in failures] == [keys[40]]
+    assert "no lock metadata" in failures[0].reason
     assert fs_store.get(keys[40]) == b"x"
-    # Every other key was attempted; a retry after repair finishes the job.
+    # Every other key is gone: one object of unknown lock holds up no other.
     assert list(fs_store.list("segments/")) == [keys[40]]
 
 

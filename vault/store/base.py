@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from vault.errors import Unavailable
+
 __all__ = [
+    "UnknownLock",
     "MAX_DELETE_BATCH",
     "ByteSource",
     "DeleteFailure",
@@ -18,6 +21,12 @@ __all__ = [
 ]
 
 MAX_DELETE_BATCH = 1000
+
+
+class UnknownLock(Unavailable):
+    """An object whose lock cannot be read (e.g. a filesystem store copied without extended
+    attributes): it may be hiding a lock, so it is never treated as unlocked. ``delete_many``
+    refuses that object alone; other calls on it raise this, and ``check`` reports it."""
 
 
 @dataclass(frozen=True, slots=True)

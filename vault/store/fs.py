@@ -88,6 +88,7 @@ from vault.store.base import (
     DeleteFailure,
     ObjectInfo,
     SourceFailed,
+    UnknownLock,
     read_source,
 )
 from vault.timerange import as_utc, parse_instant, utcnow
@@ -251,7 +252,7 @@ class _Lock:
             )
         except (ValueError, TypeError, AttributeError, InvalidInput) as exc:
             # Lock metadata we cannot read may be hiding a lock: never treat it as "unlocked".
-            raise Unavailable(
+            raise UnknownLock(
                 f"filesystem store: unreadable lock metadata on {where}: {exc}"
             ) from exc
 
@@ -321,8 +322,8 @@ def _fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def _no_lock_metadata(where: str) -> Unavailable:
-    return Unavailable(
+def _no_lock_metadata(where: str) -> UnknownLock:
+    return UnknownLock(
         f"filesystem store: {where} has no lock metadata (extended attribute {LOCK_ATTRIBUTE});"
         " was the store copied without extended attributes (use cp -a, rsync -X, tar --xattrs)?"
         " Refusing to treat it as unlocked"
@@ -732,8 +733,14 @@ class FilesystemStore:
                                 raise
                             raw = None  # a directory, or no attribute (F2): decided below
                         if raw is None or not _unlocked(raw, now):
-                            # The rare cases, decided (or refused) by the full decoder.
-                            lock = self._read_lock(path, key)
+                            # The rare cases, decided (or refused) by the full decoder. An
+                            # object whose lock is unknown is refused, like a locked one: the
+                            # other keys (a purge's whole batch) are not held up by it.
+                            try:
+                                lock = self._read_lock(path, key)
+                            except UnknownLock as exc:
+                                refusals[key] = exc.message
+                                continue
                             if lock is None:
                                 continue  # gone meanwhile (or a directory of other keys)
                             reason = lock.locked_at(now)
