@@ -168,6 +168,11 @@ class Auditor:
         )
 
 
+def _observe(future: asyncio.Future[int]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class AuditBarrier:
     """I3 at the transport: no message of a response leaves before every audit event its
     request handed in through :meth:`Auditor.adecision` with ``before_send`` is durable.
@@ -224,6 +229,12 @@ class AuditBarrier:
 
         try:
             await self.app(scope, receive, send_after_audit)
+        except BaseException:
+            # No answer of ours follows; the decisions handed in are still written (I10), and
+            # their outcome is read here so that a failed one is not reported as unretrieved.
+            for future in held.events:
+                future.add_done_callback(_observe)
+            raise
         finally:
             _HELD.reset(token)
         if not held.released:
@@ -242,16 +253,18 @@ class AuditBarrier:
 
             def expire(pending: asyncio.Future[int] = future) -> None:
                 nonlocal expired
-                expired = True
-                pending.cancel()
+                # False when the outcome came in the same turn: then it is read, not refused.
+                expired = pending.cancel()
 
             timer = loop.call_at(deadline, expire)
             try:
-                await future
+                # Shielded: the request's own cancellation (its client went away) must not
+                # give up a decision already made; it is still written (I10).
+                await asyncio.shield(future)
             except asyncio.CancelledError:
-                if not expired:  # the request itself was cancelled (client gone)
+                if not expired:  # the request itself was cancelled
                     for other in events:
-                        other.cancel()
+                        other.add_done_callback(_observe)
                     raise
             except Exception:
                 pass  # read below

@@ -873,7 +873,8 @@ def _among(
     The ids travel as one bound value (a JSON array on SQLite, an array on PostgreSQL), not a
     placeholder each. On SQLite, which plans without statistics, the other conditions are
     written so that they cannot use an index: given ``state = ?`` it would otherwise walk the
-    state index, visiting every stored (or every purged) row for each batch.
+    ``(state, retention_until)`` index, visiting every stored (or every purged) row for each
+    batch, instead of looking up the batch's ids.
     """
     segment = _SEGMENT.c
     dialect = session.connection().dialect.name

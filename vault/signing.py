@@ -54,12 +54,14 @@ class SigningKey:
         # just rewritten and go on signing with a key that is not the one on disk.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
+        try:  # the temp file goes whatever happens: a failed write leaves no stray key
+            try:
+                view = memoryview(pem)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             # Two processes starting together: the first link wins, the other loads it.
             os.link(tmp, path)
         except FileExistsError:

@@ -150,17 +150,20 @@ def test_a_streamed_body_waits_at_its_first_chunk() -> None:
     async def scenario() -> None:
         sink = HandSettledSink()
         progress: list[str] = []
+        at_first_chunk = asyncio.Event()
 
         async def steps(auditor: Auditor, send: Send) -> None:
             await audit(auditor)
             await send(start())
             progress.append("start handed over")
+            at_first_chunk.set()
             await send(body(b"chunk 1", more=True))
             progress.append("chunk 1 handed over")
             await send(body(b"chunk 2"))
 
         server = Server(app_that(steps, make_auditor(sink)))
         call = server.call()
+        await asyncio.wait_for(at_first_chunk.wait(), 5)
         await turns()
         # The app is held at its first chunk, and nothing has left.
         assert progress == ["start handed over"] and server.sent == []
@@ -211,3 +214,31 @@ def test_without_a_barrier_the_decision_is_awaited() -> None:
     sink = HandSettledSink()
     asyncio.run(audit(make_auditor(sink)))
     assert sink.futures == [] and len(sink.awaited) == 1
+
+
+def test_a_request_cancelled_while_it_waits_leaves_its_decision_to_be_written() -> None:
+    """Its client gone, the request is cancelled: no answer leaves, but the decision already
+    made is not given up (I10): the ledger still writes it."""
+
+    async def scenario() -> None:
+        sink = HandSettledSink()
+        finished = asyncio.Event()
+
+        async def steps(auditor: Auditor, send: Send) -> None:
+            await audit(auditor)
+            await send(start())
+            await send(body(b"{}"))
+            finished.set()
+
+        server = Server(app_that(steps, make_auditor(sink)))
+        call = server.call()
+        await asyncio.wait_for(finished.wait(), 5)
+        await turns()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert server.sent == []
+        assert not sink.futures[0].cancelled()  # still the ledger's to write
+        sink.futures[0].set_result(9)
+
+    asyncio.run(scenario())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from vault.signing import SigningKey
 
@@ -31,3 +34,15 @@ def test_processes_racing_to_create_a_key_all_use_the_one_on_disk(tmp_path: Path
         on_disk = SigningKey.load_or_create(path).public_pem()
         assert keys == [on_disk] * len(procs), f"attempt {attempt}: a process kept another key"
         assert [p.name for p in path.parent.iterdir()] == ["token.pem"]  # no temp file left
+
+
+def test_a_key_that_cannot_be_written_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        SigningKey.load_or_create(tmp_path / "keys" / "token.pem")
+    assert list((tmp_path / "keys").iterdir()) == []

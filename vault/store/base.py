@@ -10,13 +10,13 @@ from typing import Protocol
 from vault.errors import Unavailable
 
 __all__ = [
-    "UnknownLock",
     "MAX_DELETE_BATCH",
     "ByteSource",
     "DeleteFailure",
     "ObjectInfo",
     "ObjectStore",
     "SourceFailed",
+    "UnknownLock",
     "read_source",
 ]
 
