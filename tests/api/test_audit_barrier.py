@@ -94,21 +94,28 @@ def make_auditor(sink: HandSettledSink) -> Auditor:
     return Auditor(sink, FixedClock(datetime(2026, 11, 29, tzinfo=UTC)))
 
 
+async def answered_and_held(sink: HandSettledSink, payload: bytes) -> tuple[Server, Any]:
+    """A request whose app audits, answers ``payload`` and finishes; returns once the app has
+    finished and the barrier is waiting for the event (the call still running)."""
+    finished = asyncio.Event()
+
+    async def steps(auditor: Auditor, send: Send) -> None:
+        await audit(auditor)
+        await send(start())
+        await send(body(payload))
+        finished.set()
+
+    server = Server(app_that(steps, make_auditor(sink)))
+    call = server.call()
+    await asyncio.wait_for(finished.wait(), 5)
+    await turns()
+    return server, call
+
+
 def test_the_answer_leaves_only_once_its_event_is_durable() -> None:
     async def scenario() -> None:
         sink = HandSettledSink()
-        finished = asyncio.Event()
-
-        async def steps(auditor: Auditor, send: Send) -> None:
-            await audit(auditor)
-            await send(start())
-            await send(body(b'{"segments": []}'))
-            finished.set()
-
-        server = Server(app_that(steps, make_auditor(sink)))
-        call = server.call()
-        await asyncio.wait_for(finished.wait(), 5)
-        await turns()
+        server, call = await answered_and_held(sink, b'{"segments": []}')
         assert len(sink.futures) == 1 and sink.awaited == []  # handed in, not awaited
         assert server.sent == []  # the app is done, nothing has left
         sink.futures[0].set_result(7)
@@ -222,18 +229,7 @@ def test_a_request_cancelled_while_it_waits_leaves_its_decision_to_be_written() 
 
     async def scenario() -> None:
         sink = HandSettledSink()
-        finished = asyncio.Event()
-
-        async def steps(auditor: Auditor, send: Send) -> None:
-            await audit(auditor)
-            await send(start())
-            await send(body(b"{}"))
-            finished.set()
-
-        server = Server(app_that(steps, make_auditor(sink)))
-        call = server.call()
-        await asyncio.wait_for(finished.wait(), 5)
-        await turns()
+        server, call = await answered_and_held(sink, b"{}")
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
