@@ -30,7 +30,9 @@ OP = "operator-tokyo"
 def api(
     engine: Engine, tmp_path: Path, keys: LocalKeyProvider, natives: list[Native]
 ) -> Iterator[Api]:
-    yield from make_api(engine, tmp_path, keys, natives, ledger_write_timeout_s=0.5)
+    # Long enough for the unlocked calls around the lock on a loaded CI machine; a locked
+    # call still fails after this, not after the 30 s busy timeout.
+    yield from make_api(engine, tmp_path, keys, natives, ledger_write_timeout_s=2.0)
 
 
 @contextmanager
@@ -161,7 +163,7 @@ def test_database_gone_means_503_and_no_bytes(
             connect_args={"options": _search_path(engine)},
             pool_pre_ping=True,
         )
-        gen = make_api(proxied, tmp_path, keys, natives, ledger_write_timeout_s=1.0)
+        gen = make_api(proxied, tmp_path, keys, natives, ledger_write_timeout_s=3.0)
         api = next(gen)
         try:
             grant = api.grant(OP)
