@@ -591,10 +591,15 @@ class _Run:
             last = rows[-1].id
             going: list[_Row] = []
             kept: list[_Row] = []
+            covered = {row.id: _held(holds, row) for row in rows}
+            spared = [r for r in rows if covered[r.id] or r.retention_until > self.as_of]
+            # Existence only (one listing per directory), never the lock: an object whose lock
+            # cannot be read is still there, and a spared row keeps it.
+            present = self._present([r.object_key for r in spared]) if spared else set()
+            keep = {r.id for r in spared if r.object_key in present}
             for row in rows:
-                covering = _held(holds, row)
-                spared = bool(covering) or row.retention_until > self.as_of
-                if spared and self.ctx.store.head(row.object_key) is not None:
+                covering = covered[row.id]
+                if row.id in keep:
                     kept.append(row)
                     if not self.plan_due:  # else the plan sees it again and counts its hold
                         self.tallies.held(HeldBack(h, (_due(row),)) for h in covering)

@@ -748,6 +748,38 @@ def test_a_hold_placed_while_a_row_was_left_purging_wins(
     assert_proven(vault, report)
 
 
+def test_a_held_row_left_purging_is_kept_even_if_its_lock_cannot_be_read(
+    engine: Engine, tmp_path: Path, clock: FixedClock
+) -> None:
+    """Resuming asks only whether a spared row's object is still there, never its lock: an
+    object that lost its lock attribute after the crash is still footage under a hold."""
+    store = FilesystemStore(tmp_path / "store", clock=clock.now)
+    crashing = CrashingStore(store, CRASH_POINTS["after marking, before any delete"])
+    crashing.armed = False
+    vault = make_vault(engine, crashing, tmp_path, clock)
+    segments = vault.record("cam-a", T0, 2)
+    crashing.armed = True
+    with pytest.raises(Crash):
+        vault.purge(segments[-1].retention_until)
+    assert set(states(vault.ctx).values()) == {"purging"}
+    hold_id = add_hold(vault.ctx, ["cam-a"], T0, T0 + MIN)
+    os.removexattr(store.root / "objects" / segments[0].object_key, LOCK_ATTRIBUTE)
+
+    report = vault.purge(segments[-1].retention_until + timedelta(hours=1))
+    assert report.resumed == 1 and report.purged == 1 and report.held_back == 1
+    assert [h.hold_id for h in report.holds] == [hold_id]
+    now = rows(vault.ctx)
+    assert now[segments[0].id].state == SegmentState.STORED
+    assert read_segment(vault.ctx, now[segments[0].id])  # footage untouched
+    assert_gone(vault.ctx, segments[1])
+    verdict = verify_run(vault.ctx, report.run_id or "", [vault.key.public])
+    assert verdict.ok, verdict.problems
+    check = run_check(vault.ctx)  # names the object that lost its lock, and only it
+    assert [(v.kind, v.target) for v in check.violations] == [
+        ("lock-unknown", segments[0].object_key)
+    ]
+
+
 def test_a_failed_run_records_its_failure_and_what_it_did(
     vault: Vault, monkeypatch: pytest.MonkeyPatch
 ) -> None:
