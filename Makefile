@@ -34,6 +34,7 @@ bench: $(STAMP) peers
 	CCTV_BENCH_DATABASE_URL=$${CCTV_BENCH_DATABASE_URL:-$(PG_URL)} $(BIN)/python -m bench.p3_ledger_appends
 	CCTV_BENCH_DATABASE_URL=$${CCTV_BENCH_DATABASE_URL:-$(PG_URL)} $(BIN)/python -m bench.p3_access_decisions
 	CCTV_BENCH_DATABASE_URL=$${CCTV_BENCH_DATABASE_URL:-$(PG_URL)} $(BIN)/python -m bench.p4_timeline
+	CCTV_BENCH_DATABASE_URL=$${CCTV_BENCH_DATABASE_URL:-$(PG_URL)} $(BIN)/python -m bench.p4_gap_history
 	$(BIN)/python -m bench.p5_purge
 	$(BIN)/python -m bench.p6_playback_ttfb
 

@@ -44,13 +44,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from bench._common import OUT, machine, median, pg_reachable, table, write_result
 from vault.catalog import sync_config, timeline
 from vault.config import parse_config
-from vault.db import make_engine, migrate, reading, unit_of_work
+from vault.db import Prepared, make_engine, migrate, reading, unit_of_work
 from vault.timerange import TimeRange
 
 NAME = "p4_timeline"
@@ -67,7 +67,7 @@ SEGMENT_COLUMNS = (
     "thumb_sha256", "thumb_wrapped_dek", "purpose", "retention_until", "state", "created_at",
     "purged_at",
 )
-GAP_COLUMNS = ("id", "camera_id", "start", "end", "reason", "created_at")
+GAP_COLUMNS = ("id", "camera_id", "start", "end", "reason", "created_at", "is_long")
 
 
 # -- the catalog -------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def generate(shape: Shape, dialect: str) -> Iterator[tuple[str, tuple[Any, ...]]
             row_id = _uuid(b[:16])
             if m in gaps[c]:
                 runs[c] = _uuid(b[16:32])  # recording resumes in a new run
-                yield "gap", (row_id, camera, s_start, s_end, "source offline", s_created)
+                yield "gap", (row_id, camera, s_start, s_end, "source offline", s_created, False)
                 continue
             yield "segment", (
                 row_id, camera, runs[c], s_start, s_end, 60.0, 900, "h264", 1920, 1080,
@@ -409,18 +409,26 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def query_plans(engine: Engine, shape: Shape, lk: Lookup) -> list[str]:
-    """The plans of exactly the statements one lookup runs (captured as they are sent)."""
+    """The plans of exactly the statements one lookup runs (captured as they are sent).
+
+    The timeline's statements are ``vault.db.Prepared`` ones, run on the driver's cursor
+    without SQLAlchemy's execution events: they are captured where ``Prepared.rows`` binds
+    them."""
     sent: list[tuple[str, Any]] = []
+    original = Prepared.rows
 
-    def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            sent.append((statement, params))
+    def capture(self: Prepared, conn: Any, params: Any) -> list[Any]:
+        form = self._forms.get(conn.dialect) or self._compile(conn.dialect)
+        sent.append((form.sql, form.args(params)))
+        return original(self, conn, params)
 
-    event.listen(engine, "before_cursor_execute", capture)
+    Prepared.rows = capture  # type: ignore[method-assign]
     try:
         timed(engine, shape, [lk], check=True)
     finally:
-        event.remove(engine, "before_cursor_execute", capture)
+        Prepared.rows = original  # type: ignore[method-assign]
+    if len(sent) != 2:
+        raise SystemExit(f"a lookup ran {len(sent)} prepared statements, expected 2")
     lines = []
     raw = engine.raw_connection()
     try:

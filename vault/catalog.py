@@ -6,8 +6,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import CompoundSelect, bindparam, false, true, union_all
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
@@ -18,6 +19,7 @@ from vault.db import Prepared
 from vault.errors import NotFound
 from vault.models import (
     MAX_SEGMENT_SECONDS,
+    SHORT_GAP,
     Camera,
     CameraStatus,
     Gap,
@@ -166,11 +168,32 @@ _SEGMENT_OVERLAPS = (
     _SEG.start < bindparam("upper"),
     _SEG.end > bindparam("begin"),
 )
-_GAP_OVERLAPS = (
+# A gap may last any time; one no longer than SHORT_GAP overlaps the window only if it starts
+# after ``window.start`` minus that (the start index bounds it on both sides), and the longer
+# ones are few and flagged, found through ``(camera_id, is_long, end)`` among those still open
+# at the window's start. Two bounded scans instead of one over the camera's whole history.
+_SHORT_GAP_OVERLAPS = (
     _GAP.camera_id == bindparam("camera"),
+    _GAP.start >= bindparam("gap_lower"),
     _GAP.start < bindparam("upper"),
     _GAP.end > bindparam("begin"),
+    _GAP.is_long == false(),
 )
+_LONG_GAP_OVERLAPS = (
+    _GAP.camera_id == bindparam("camera"),
+    _GAP.is_long == true(),
+    _GAP.end > bindparam("begin"),
+    _GAP.start < bindparam("upper"),
+)
+
+
+def _gaps_overlapping(*columns: Any) -> CompoundSelect[Any]:
+    """``columns`` of the gaps overlapping the window, in no particular order: an ``ORDER BY``
+    would have SQLite read the long branch through the start index too (to merge two sorted
+    streams), unbounded again; the caller sorts the few rows."""
+    short = core_select(*columns).where(*_SHORT_GAP_OVERLAPS)
+    long = core_select(*columns).where(*_LONG_GAP_OVERLAPS)
+    return union_all(short, long)
 
 
 def _range_params(camera_id: str, window: TimeRange) -> dict[str, object]:
@@ -179,6 +202,7 @@ def _range_params(camera_id: str, window: TimeRange) -> dict[str, object]:
         "lower": window.start - timedelta(seconds=MAX_SEGMENT_SECONDS),
         "upper": window.end,
         "begin": window.start,
+        "gap_lower": window.start - SHORT_GAP,
     }
 
 
@@ -208,8 +232,14 @@ def last_segment_end(session: Session, camera_id: str) -> datetime | None:
 
 
 def gaps_in_range(session: Session, camera_id: str, window: TimeRange) -> list[Gap]:
-    stmt = select(Gap).where(*_GAP_OVERLAPS).order_by(col(Gap.start))
-    return list(session.exec(stmt, params=_range_params(camera_id, window)))
+    """Gaps of a camera overlapping ``window`` (half-open), ordered by start."""
+    params = _range_params(camera_id, window)
+    found = [
+        gap
+        for overlaps in (_SHORT_GAP_OVERLAPS, _LONG_GAP_OVERLAPS)
+        for gap in session.exec(select(Gap).where(*overlaps), params=params)
+    ]
+    return sorted(found, key=lambda gap: (gap.start, gap.end))
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,11 +274,7 @@ _TIMELINE_SEGMENTS = Prepared(
     .where(_SEG.state == "stored")
     .order_by(_SEG.start)
 )
-_TIMELINE_GAPS = Prepared(
-    core_select(_GAP.start, _GAP.end, _GAP.reason)
-    .where(*_GAP_OVERLAPS)
-    .order_by(_GAP.start)
-)
+_TIMELINE_GAPS = Prepared(_gaps_overlapping(_GAP.start, _GAP.end, _GAP.reason))
 
 
 def timeline(
@@ -261,7 +287,10 @@ def timeline(
         TimelineSegment(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] is not None)
         for r in _TIMELINE_SEGMENTS.rows(conn, params)
     ]
-    gaps = [TimelineGap(r[0], r[1], r[2]) for r in _TIMELINE_GAPS.rows(conn, params)]
+    gaps = sorted(
+        (TimelineGap(r[0], r[1], r[2]) for r in _TIMELINE_GAPS.rows(conn, params)),
+        key=lambda gap: (gap.start, gap.end),
+    )
     return segments, gaps
 
 

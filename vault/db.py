@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, StatementError
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql import Insert, Select
+from sqlalchemy.sql import CompoundSelect, Insert, Select
 from sqlmodel import Session, create_engine
 
 from vault.errors import Unavailable
@@ -196,7 +196,7 @@ class Prepared:
     reports as :class:`Unavailable`). Statements with expanding (``IN``) parameters are refused.
     """
 
-    def __init__(self, statement: Select[Any] | Insert) -> None:
+    def __init__(self, statement: Select[Any] | CompoundSelect[Any] | Insert) -> None:
         self._statement = statement
         self._forms: weakref.WeakKeyDictionary[Dialect, _Form] = weakref.WeakKeyDictionary()
 
@@ -231,7 +231,7 @@ class Prepared:
     ) -> list[tuple[int, Callable[[Any], Any]]]:
         # Some drivers' result processors depend on the column's wire type, hence the first
         # run's description.
-        assert isinstance(self._statement, Select)
+        assert isinstance(self._statement, Select | CompoundSelect)
         processors: list[_Processor] = [
             column.type.dialect_impl(dialect).result_processor(dialect, described[1])
             for column, described in zip(
@@ -271,7 +271,7 @@ class Prepared:
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         """All rows of the statement for ``params`` (named tuples)."""
-        assert isinstance(self._statement, Select)
+        assert isinstance(self._statement, Select | CompoundSelect)
         form, dbapi_conn, cursor = self._open(conn)
         try:
             cursor.execute(form.sql, form.args(params))
@@ -308,8 +308,8 @@ def _row_values(sql: str, positional: tuple[str, ...] | None, dialect: Dialect) 
     return values if sep and values == expected else None
 
 
-def _row_type(statement: Select[Any] | Insert) -> Callable[..., Any]:
-    if not isinstance(statement, Select):
+def _row_type(statement: Select[Any] | CompoundSelect[Any] | Insert) -> Callable[..., Any]:
+    if not isinstance(statement, Select | CompoundSelect):
         return tuple
     # rename: an unlabelled expression gets a positional name instead of failing
     return namedtuple("Row", statement.selected_columns.keys(), rename=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, LargeBinary, String, Text, event, false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -17,6 +17,7 @@ from vault.timerange import as_utc
 
 __all__ = [
     "MAX_SEGMENT_SECONDS",
+    "SHORT_GAP",
     "AccessRequest",
     "AuditCheckpoint",
     "AuditEvent",
@@ -41,6 +42,10 @@ COLLECTION_PURPOSE = "security"
 # The longest wall-time span a segment may have: the 300 s target cap plus room for long GOPs.
 # The recorder ends a run rather than exceed it, and range queries rely on it for the index.
 MAX_SEGMENT_SECONDS = 600
+# A gap (an outage) may last any time. Those no longer than this are found by the start index
+# from the window's start minus this; longer ones are flagged (``Gap.is_long``) and found by
+# their own index, so a lookup never reads a camera's whole history of outages.
+SHORT_GAP = timedelta(days=1)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -197,7 +202,10 @@ class Segment(SQLModel, table=True):
 
 
 class Gap(SQLModel, table=True):
-    __table_args__ = (Index("ix_gap_camera_start", "camera_id", "start"),)
+    __table_args__ = (
+        Index("ix_gap_camera_start", "camera_id", "start"),
+        Index("ix_gap_camera_long_end", "camera_id", "is_long", "end"),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     camera_id: str = Field(foreign_key="camera.id", max_length=64)
@@ -205,6 +213,21 @@ class Gap(SQLModel, table=True):
     end: datetime = _utc_col()
     reason: str = Field(max_length=500)
     created_at: datetime = _utc_col()
+    # Longer than SHORT_GAP. Set from start and end whenever the ORM writes a gap; a bulk
+    # insert that bypasses it (the P4 generator) must set it the same way.
+    is_long: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+
+    @staticmethod
+    def spans_long(start: datetime, end: datetime) -> bool:
+        return end - start > SHORT_GAP
+
+
+@event.listens_for(Gap, "before_insert")
+@event.listens_for(Gap, "before_update")
+def _flag_long_gap(_mapper: Any, _conn: Any, gap: Gap) -> None:
+    gap.is_long = Gap.spans_long(gap.start, gap.end)
 
 
 class Tombstone(SQLModel, table=True):

@@ -6,12 +6,13 @@ import uuid
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 
 from tests.integration.test_purge import CONFIG, T0
 from vault.catalog import gaps_in_range, segments_in_range, sync_config, timeline
 from vault.config import parse_config
 from vault.db import reading, unit_of_work
-from vault.models import MAX_SEGMENT_SECONDS, Gap, Segment
+from vault.models import MAX_SEGMENT_SECONDS, SHORT_GAP, Gap, Segment
 from vault.timerange import TimeRange
 
 MIN = timedelta(minutes=1)
@@ -70,3 +71,59 @@ def test_timeline_is_the_stored_rows_of_the_range_lookups(engine: Engine) -> Non
         (g.start, g.end, g.reason) for g in orm_gaps
     ]
     assert all(s.start.tzinfo is not None for s in light_segments)  # UTC-aware, as the ORM's
+
+
+def _gap(camera: str, start: timedelta, end: timedelta, reason: str) -> Gap:
+    return Gap(id=str(uuid.uuid4()), camera_id=camera, start=T0 + start, end=T0 + end,
+               reason=reason, created_at=T0 + end)
+
+
+def test_gaps_of_any_length_are_found_and_only_the_long_ones_are_flagged(engine: Engine) -> None:
+    """Short gaps are read from the window's start minus SHORT_GAP, long ones through their
+    flag: every overlapping gap is found, however long, at both edges of that bound."""
+    day, hour = SHORT_GAP, timedelta(hours=1)
+    gaps = [
+        _gap("cam-a", -30 * day, -29 * day, "a month ago, long, long over: out"),
+        _gap("cam-a", -9 * day, 0 * MIN, "long, ends at the window's start: out"),
+        _gap("cam-a", -40 * day, 2 * MIN, "forty days, still open at the window: in"),
+        _gap("cam-a", -day + MIN, MIN, "exactly a day (short), starts a day before: in"),
+        _gap("cam-a", -day, -MIN, "exactly a day, over before the window: out"),
+        _gap("cam-a", -day - MIN, 3 * MIN, "a day and two minutes (long): in"),
+        _gap("cam-a", 5 * MIN, 5 * MIN + 3 * day, "long, starts inside: in"),
+        _gap("cam-a", 10 * MIN, 10 * MIN + 3 * day, "long, starts at the window's end: out"),
+        _gap("cam-a", 6 * MIN, 7 * MIN, "short, inside: in"),
+        _gap("cam-b", -40 * day, hour, "another camera's long outage: out"),
+    ]
+    with unit_of_work(engine) as session:
+        sync_config(session, parse_config(CONFIG), {}, at=T0)
+        session.add_all(gaps)
+    with unit_of_work(engine) as session:
+        flagged = {g.reason for g in session.exec(select(Gap)) if g.is_long}
+        # Flags follow the row when it changes: the short one made long, and back.
+        (inside,) = session.exec(select(Gap).where(Gap.reason == "short, inside: in"))
+        inside.end = inside.start + 2 * day
+        session.add(inside)
+    with unit_of_work(engine) as session:
+        (inside,) = session.exec(select(Gap).where(Gap.reason == "short, inside: in"))
+        assert inside.is_long
+        inside.end = inside.start + MIN
+        session.add(inside)
+    assert flagged == {g.reason for g in gaps if g.end - g.start > day}
+    assert "exactly a day (short), starts a day before: in" not in flagged
+
+    window = TimeRange(T0, T0 + 10 * MIN)
+    with unit_of_work(engine) as session:
+        orm_gaps = gaps_in_range(session, "cam-a", window)
+    with reading(engine) as conn:
+        _, light_gaps = timeline(conn, "cam-a", window)
+    expected = sorted((g for g in gaps if g.reason.endswith(": in")), key=lambda g: g.start)
+    assert [g.reason for g in orm_gaps] == [g.reason for g in expected]
+    assert [(g.start, g.end, g.reason) for g in light_gaps] == [
+        (g.start, g.end, g.reason) for g in orm_gaps
+    ]
+    # The tightest edge: a window starting a microsecond before a day-long gap ends finds it
+    # (it began a microsecond after the window's start minus SHORT_GAP).
+    edge = TimeRange(T0 + MIN - timedelta(microseconds=1), T0 + 2 * MIN)
+    with reading(engine) as conn:
+        _, light_gaps = timeline(conn, "cam-a", edge)
+    assert "exactly a day (short), starts a day before: in" in [g.reason for g in light_gaps]

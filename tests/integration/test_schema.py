@@ -1,5 +1,6 @@
 """The catalog schema: what the migrations build is what the models declare, on both backends;
-the newest migration goes down and up again; the purge plan reads only due rows."""
+the newest migration goes down and up again; the purge plan reads only due rows; gap lookups
+are bounded by their indexes."""
 
 from __future__ import annotations
 
@@ -10,13 +11,23 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert
-from sqlalchemy.engine import Engine
+from sqlalchemy import column, insert, table
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
+from vault.catalog import _TIMELINE_GAPS, _range_params
 from vault.db import alembic_config, make_engine, migrate
-from vault.models import Camera, RetentionPolicy, Segment, SegmentState, Site
+from vault.models import (
+    SHORT_GAP,
+    Camera,
+    RetentionPolicy,
+    Segment,
+    SegmentState,
+    Site,
+    UTCDateTime,
+)
 from vault.purge import _PLAN_CHUNK, due_chunk
+from vault.timerange import TimeRange
 
 NOW = datetime(2026, 11, 29, 2, 30, tzinfo=UTC)
 
@@ -47,18 +58,23 @@ def test_the_newest_migration_goes_down_and_up_again(engine: Engine) -> None:
     assert _differences(engine) == []
 
 
+def _camera(conn: Connection) -> None:
+    """Camera ``cam`` of site ``dc``, for rows that need one."""
+    conn.execute(insert(Site.__table__), [{"id": "dc", "name": "DC", "timezone": "UTC"}])  # type: ignore[attr-defined]
+    conn.execute(insert(RetentionPolicy.__table__), [  # type: ignore[attr-defined]
+        {"id": "p", "days": 30, "min_days": 1, "max_days": 365, "basis": "test"}
+    ])
+    conn.execute(insert(Camera.__table__), [  # type: ignore[attr-defined]
+        {"id": "cam", "site_id": "dc", "name": "cam", "location": "", "source_ref": "t",
+         "purpose": "security", "retention_policy_id": "p", "enabled": True}
+    ])
+
+
 def _catalog(engine: Engine, rows: list[tuple[str, datetime]]) -> dict[str, datetime]:
     """Segments of one camera with (state, retention_until); returns id -> deadline."""
     deadlines: dict[str, datetime] = {}
     with engine.begin() as conn:
-        conn.execute(insert(Site.__table__), [{"id": "dc", "name": "DC", "timezone": "UTC"}])  # type: ignore[attr-defined]
-        conn.execute(insert(RetentionPolicy.__table__), [  # type: ignore[attr-defined]
-            {"id": "p", "days": 30, "min_days": 1, "max_days": 365, "basis": "test"}
-        ])
-        conn.execute(insert(Camera.__table__), [  # type: ignore[attr-defined]
-            {"id": "cam", "site_id": "dc", "name": "cam", "location": "", "source_ref": "t",
-             "purpose": "security", "retention_policy_id": "p", "enabled": True}
-        ])
+        _camera(conn)
         values = []
         for n, (state, until) in enumerate(rows):
             segment_id = str(uuid.UUID(int=n + 1))
@@ -124,4 +140,54 @@ def test_sqlite_plans_the_due_query_as_a_range_of_the_state_deadline_index(
             want = "SEARCH segment USING INDEX ix_segment_state_retention (state=? AND"
             assert want in plan, plan
             assert "SCAN" not in plan, plan
+    engine.dispose()
+
+
+def test_migration_0005_flags_the_gaps_longer_than_a_day_already_recorded(
+    engine: Engine,
+) -> None:
+    config = alembic_config(engine)
+    command.downgrade(config, "0004")
+    # The gap table as 0004 left it: no is_long column.
+    gap_0004 = table(
+        "gap", column("id"), column("camera_id"), column("start", UTCDateTime()),
+        column("end", UTCDateTime()), column("reason"), column("created_at", UTCDateTime()),
+    )
+    start = NOW - timedelta(days=10)
+    lasting = {"hour": timedelta(hours=1), "day": SHORT_GAP,
+               "day+1s": SHORT_GAP + timedelta(seconds=1), "week": timedelta(days=7)}
+    with engine.begin() as conn:
+        _camera(conn)
+        conn.execute(insert(gap_0004), [
+            {"id": name, "camera_id": "cam", "start": start, "end": start + span,
+             "reason": "source offline", "created_at": NOW}
+            for name, span in lasting.items()
+        ])
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        flags = {name: bool(flag) for name, flag in
+                 conn.exec_driver_sql("SELECT id, is_long FROM gap").all()}
+    assert flags == {"hour": False, "day": False, "day+1s": True, "week": True}
+    assert _differences(engine) == []
+
+
+def test_sqlite_finds_gaps_through_two_bounded_index_ranges(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'catalog.db'}")
+    migrate(engine)
+    window = TimeRange(NOW - timedelta(hours=1), NOW)
+    with engine.connect() as conn:
+        compiled = _TIMELINE_GAPS._statement.compile(dialect=engine.dialect)
+        params = _range_params("cam", window)
+        values = [compiled.binds[name].type.dialect_impl(engine.dialect)
+                  .bind_processor(engine.dialect) for name in compiled.positiontup or ()]
+        args = tuple(
+            process(params[name]) if process else params[name]
+            for name, process in zip(compiled.positiontup or (), values, strict=True)
+        )
+        explained = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.string}", args)
+        plan = " | ".join(str(row[-1]) for row in explained)
+    # Short gaps: the start index, bounded below and above; long ones: their own index.
+    assert "USING INDEX ix_gap_camera_start (camera_id=? AND start>? AND start<?)" in plan, plan
+    assert "USING INDEX ix_gap_camera_long_end (camera_id=? AND is_long=? AND end>?)" in plan, plan
+    assert "SCAN gap" not in plan, plan
     engine.dispose()
