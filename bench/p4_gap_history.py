@@ -24,21 +24,23 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, create_engine, insert, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy.engine import Engine
 
-from bench._common import OUT, machine, median, pg_reachable, table, write_result
-from vault.catalog import _TIMELINE_GAPS, _range_params
-from vault.db import Prepared, make_engine, migrate, reading
-from vault.models import Camera, Gap, RetentionPolicy, Site
+from bench._common import machine, median, pg_reachable, table, write_result
+from bench.p3_ledger_appends import catalog
+from bench.p4_timeline import Shape, config_toml
+from vault.catalog import _TIMELINE_GAPS, _range_params, sync_config
+from vault.config import parse_config
+from vault.db import Prepared, reading, unit_of_work
+from vault.models import Gap
 from vault.timerange import TimeRange
 
 T0 = datetime(2023, 12, 1, tzinfo=UTC)
+CAMERA = Shape(1, 0, 0).camera(0)
 WINDOW = timedelta(hours=1)
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 _GAP = Gap.__table__.c  # type: ignore[attr-defined]
@@ -54,7 +56,7 @@ UNBOUNDED = Prepared(
 
 def history(years: int, per_day: int, seed: int) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for day in range(years * 365):
         for _ in range(per_day):
             start = T0 + timedelta(days=day, minutes=rng.randrange(24 * 60))
@@ -64,22 +66,16 @@ def history(years: int, per_day: int, seed: int) -> list[dict[str, Any]]:
         start = T0 + timedelta(days=day, hours=3)
         rows.append({"start": start, "end": start + timedelta(days=7), "reason": "dark"})
     for row in rows:
-        row.update(id=str(uuid.UUID(int=rng.getrandbits(128))), camera_id="cam",
+        row.update(id=str(uuid.UUID(int=rng.getrandbits(128))), camera_id=CAMERA,
                    created_at=row["end"], is_long=Gap.spans_long(row["start"], row["end"]))
     return rows
 
 
 def load(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    migrate(engine)
+    """The gaps of one camera (``cam-000``, P4's first) into a migrated catalog."""
+    with unit_of_work(engine) as session:
+        sync_config(session, parse_config(config_toml(Shape(1, 0, 0))), {})
     with engine.begin() as conn:
-        conn.execute(insert(Site.__table__), [{"id": "dc", "name": "DC", "timezone": "UTC"}])  # type: ignore[attr-defined]
-        conn.execute(insert(RetentionPolicy.__table__), [  # type: ignore[attr-defined]
-            {"id": "p", "days": 30, "min_days": 1, "max_days": 365, "basis": "bench"}
-        ])
-        conn.execute(insert(Camera.__table__), [  # type: ignore[attr-defined]
-            {"id": "cam", "site_id": "dc", "name": "cam", "location": "", "source_ref": "b",
-             "purpose": "security", "retention_policy_id": "p", "enabled": True}
-        ])
         conn.execute(insert(Gap.__table__), rows)  # type: ignore[attr-defined]
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -87,12 +83,12 @@ def load(engine: Engine, rows: list[dict[str, Any]]) -> None:
 
 
 def ours(conn: Any, window: TimeRange) -> list[tuple[Any, ...]]:
-    rows = _TIMELINE_GAPS.rows(conn, _range_params("cam", window))
+    rows = _TIMELINE_GAPS.rows(conn, _range_params(CAMERA, window))
     return sorted((tuple(r) for r in rows), key=lambda r: (r[0], r[1]))
 
 
 def unbounded(conn: Any, window: TimeRange) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in UNBOUNDED.rows(conn, _range_params("cam", window))]
+    return [tuple(r) for r in UNBOUNDED.rows(conn, _range_params(CAMERA, window))]
 
 
 def measure(engine: Engine, windows: list[TimeRange], rounds: int) -> dict[str, Any]:
@@ -123,34 +119,6 @@ def measure(engine: Engine, windows: list[TimeRange], rounds: int) -> dict[str, 
                    "p50_rounds_us": p50s[name]} for name in contenders} | {"rows_found": found}
 
 
-@contextmanager
-def backend_engine(backend: str, pg_url: str) -> Iterator[Engine]:
-    if backend == "sqlite":
-        path = OUT / "p4_gap_history.db"
-        OUT.mkdir(parents=True, exist_ok=True)
-        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            p.unlink(missing_ok=True)
-        engine = make_engine(f"sqlite:///{path}")
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-            path.unlink(missing_ok=True)
-        return
-    database = f"bench_gaps_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
-    engine = make_engine(make_url(pg_url).set(database=database).render_as_string(False))
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}"'))
-        admin.dispose()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.p4_gap_history", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     lines = [["backend", "contender", "p50 µs", "p99 µs", "p50 per round µs"]]
     for backend in backends:
-        with backend_engine(backend, args.pg_url) as engine:
+        with catalog(backend, args.pg_url) as engine:
             load(engine, rows)
             res = measure(engine, windows, args.rounds)
         results[backend] = res

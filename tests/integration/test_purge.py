@@ -725,10 +725,11 @@ def test_crash_at_each_step_is_finished_by_the_next_run(
     assert sorted(ids) == sorted(s.id for s in segments)
 
 
-def test_a_hold_placed_while_a_row_was_left_purging_wins(
-    engine: Engine, vault_store: ObjectStore, tmp_path: Path, clock: FixedClock
-) -> None:
-    crashing = CrashingStore(vault_store, CRASH_POINTS["after marking, before any delete"])
+def left_purging(
+    engine: Engine, store: ObjectStore, tmp_path: Path, clock: FixedClock
+) -> tuple[Vault, list[Segment]]:
+    """Two segments a crashed run left ``purging`` (marked, nothing deleted yet)."""
+    crashing = CrashingStore(store, CRASH_POINTS["after marking, before any delete"])
     crashing.armed = False
     vault = make_vault(engine, crashing, tmp_path, clock)
     segments = vault.record("cam-a", T0, 2)
@@ -736,6 +737,13 @@ def test_a_hold_placed_while_a_row_was_left_purging_wins(
     with pytest.raises(Crash):
         vault.purge(segments[-1].retention_until)
     assert set(states(vault.ctx).values()) == {"purging"}
+    return vault, segments
+
+
+def test_a_hold_placed_while_a_row_was_left_purging_wins(
+    engine: Engine, vault_store: ObjectStore, tmp_path: Path, clock: FixedClock
+) -> None:
+    vault, segments = left_purging(engine, vault_store, tmp_path, clock)
     hold_id = add_hold(vault.ctx, ["cam-a"], T0, T0 + MIN)
 
     report = vault.purge(segments[-1].retention_until + timedelta(hours=1))
@@ -754,14 +762,7 @@ def test_a_held_row_left_purging_is_kept_even_if_its_lock_cannot_be_read(
     """Resuming asks only whether a spared row's object is still there, never its lock: an
     object that lost its lock attribute after the crash is still footage under a hold."""
     store = FilesystemStore(tmp_path / "store", clock=clock.now)
-    crashing = CrashingStore(store, CRASH_POINTS["after marking, before any delete"])
-    crashing.armed = False
-    vault = make_vault(engine, crashing, tmp_path, clock)
-    segments = vault.record("cam-a", T0, 2)
-    crashing.armed = True
-    with pytest.raises(Crash):
-        vault.purge(segments[-1].retention_until)
-    assert set(states(vault.ctx).values()) == {"purging"}
+    vault, segments = left_purging(engine, store, tmp_path, clock)
     hold_id = add_hold(vault.ctx, ["cam-a"], T0, T0 + MIN)
     os.removexattr(store.root / "objects" / segments[0].object_key, LOCK_ATTRIBUTE)
 
