@@ -7,11 +7,9 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
-from fastapi import FastAPI
 from sqlmodel import col, select
 
 from cctv_vault.cli_audit import audit_app
@@ -35,6 +33,9 @@ from vault.db import unit_of_work
 from vault.errors import VaultError
 from vault.models import Camera, CameraStatus
 from vault.timerange import TimeRange, parse_instant
+
+if TYPE_CHECKING:  # the web stack is imported by the commands that serve, not by ingest & co.
+    from fastapi import FastAPI
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CCTV footage vault")
 segments_app = typer.Typer(no_args_is_help=True, help="Segment metadata (never footage)")
@@ -100,6 +101,8 @@ def _record(config_path: Path, duration: float | None, *, all_roles: bool = Fals
 
 def _serve(api: FastAPI, host: str, port: int, duration: float | None) -> None:
     """Serve ``api`` until SIGINT/SIGTERM (uvicorn's handlers) or ``duration`` seconds."""
+    import uvicorn
+
     server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="info"))
     timer = None
     if duration is not None:
@@ -142,6 +145,8 @@ def api(
     except VaultError as exc:
         fail(exc.message)
     log.info("access API on http://%s:%d with %d worker(s)", host, port, workers)
+    import uvicorn
+
     uvicorn.run(
         "cctv_vault.runtime:api_app_from_env",
         factory=True,

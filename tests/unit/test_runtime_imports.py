@@ -6,18 +6,27 @@ import json
 import subprocess
 import sys
 
+WEB = {"fastapi", "starlette", "uvicorn"}
 
-def test_runtime_imports_neither_the_access_api_nor_fastapi() -> None:
+
+def _loaded_after(module: str) -> list[str]:
     probe = (
         "import json, sys\n"
-        "import cctv_vault.runtime\n"
-        "print(json.dumps(sorted(m for m in sys.modules\n"
-        "    if m.split('.')[0] in {'access_api', 'fastapi', 'starlette', 'uvicorn'})))\n"
+        f"import {module}\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
-    loaded = json.loads(
+    return list(json.loads(
         subprocess.run(
             [sys.executable, "-c", probe], check=True, capture_output=True, text=True
         ).stdout
-    )
-    assert loaded == []
+    ))
 
+
+def test_runtime_imports_neither_the_access_api_nor_fastapi() -> None:
+    assert set(_loaded_after("cctv_vault.runtime")) & (WEB | {"access_api"}) == set()
+
+
+def test_the_command_line_loads_the_web_stack_only_to_serve() -> None:
+    """``cctv-vault ingest`` (and every other command) starts without FastAPI and uvicorn;
+    ``api`` and ``up`` import them when they serve."""
+    assert set(_loaded_after("cctv_vault.cli")) & WEB == set()
