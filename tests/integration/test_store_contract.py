@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from minio import Minio
+from minio.commonconfig import Filter
+from minio.lifecycleconfig import AbortIncompleteMultipartUpload, LifecycleConfig, Rule
 from pydantic import SecretStr
 
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, MotoServer
@@ -646,6 +648,51 @@ def test_s3_bucket_is_created_with_object_lock(s3_store: S3Store) -> None:
     assert config.status == "Enabled"
     # Opening the same bucket again (a restart) must not fail.
     S3Store(s3_store._client, s3_store.bucket)
+
+
+@pytest.mark.s3
+def test_s3_bucket_we_create_aborts_incomplete_uploads_after_a_day(s3_store: S3Store) -> None:
+    config = s3_store._client.get_bucket_lifecycle(s3_store.bucket)
+    assert config is not None
+    (rule,) = config.rules
+    assert rule.status == "Enabled" and rule.rule_filter is not None
+    assert rule.rule_filter.prefix == ""  # the whole bucket
+    assert rule.abort_incomplete_multipart_upload is not None
+    assert rule.abort_incomplete_multipart_upload.days_after_initiation == 1
+    assert s3_store.aborts_stale_uploads()
+
+
+@pytest.mark.s3
+def test_s3_existing_bucket_without_the_rule_is_opened_with_a_warning(
+    s3_client: Minio, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator's bucket is never reconfigured (a lifecycle write replaces every rule):
+    its missing rule is named at start, and a rule of the operator's own is recognised."""
+    bucket = f"test-{uuid.uuid4().hex[:24]}"
+    s3_client.make_bucket(bucket, object_lock=True)
+    with caplog.at_level(logging.WARNING, logger="vault.store.s3"):
+        store = S3Store(s3_client, bucket)
+    assert not store.aborts_stale_uploads()
+    assert s3_client.get_bucket_lifecycle(bucket) is None  # left as it was
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and bucket in warned[0] and "incomplete multipart" in warned[0]
+
+    only_logs = LifecycleConfig([Rule(
+        "Enabled", rule_filter=Filter(prefix="logs/"), rule_id="logs",
+        abort_incomplete_multipart_upload=AbortIncompleteMultipartUpload(days_after_initiation=3),
+    )])
+    s3_client.set_bucket_lifecycle(bucket, only_logs)
+    assert not store.aborts_stale_uploads()  # a rule for part of the bucket does not count
+    whole = LifecycleConfig([Rule(
+        "Enabled", rule_filter=Filter(prefix=""), rule_id="ops",
+        abort_incomplete_multipart_upload=AbortIncompleteMultipartUpload(days_after_initiation=7),
+    )])
+    s3_client.set_bucket_lifecycle(bucket, whole)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vault.store.s3"):
+        S3Store(s3_client, bucket)
+    assert store.aborts_stale_uploads()
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
 
 
 @pytest.mark.s3

@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 import certifi
 import urllib3
 from minio import Minio
-from minio.commonconfig import GOVERNANCE
+from minio.commonconfig import ENABLED, GOVERNANCE, Filter
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
+from minio.lifecycleconfig import AbortIncompleteMultipartUpload, LifecycleConfig, Rule
 from minio.retention import Retention
 
 from vault.errors import ConfigError, Conflict, InvalidInput, NotFound, Unavailable, VaultError
@@ -79,6 +80,18 @@ _LIST_FROM = 32
 STREAM_PART_SIZE = 32 * 1024 * 1024
 _MIN_PART_SIZE = 5 * 1024 * 1024
 _MAX_PARTS = 10_000
+# Days after which the store aborts a multipart upload nobody completed (a bucket we create).
+STALE_UPLOAD_DAYS = 1
+_ABORT_STALE_UPLOADS = LifecycleConfig([
+    Rule(
+        ENABLED,
+        rule_filter=Filter(prefix=""),
+        rule_id="cctv-vault-abort-incomplete-uploads",
+        abort_incomplete_multipart_upload=AbortIncompleteMultipartUpload(
+            days_after_initiation=STALE_UPLOAD_DAYS
+        ),
+    )
+])
 
 
 def http_client() -> urllib3.PoolManager:
@@ -134,8 +147,11 @@ class S3Store:
         return cls(client, settings.s3_bucket, endpoint=settings.s3_endpoint)
 
     def ensure_bucket(self) -> None:
+        """Create the bucket (Object Lock, and a rule that aborts multipart uploads left
+        incomplete for a day) if it is missing; warn about an existing one without that rule."""
         with self._errors("create bucket", self.bucket):
             if self._client.bucket_exists(self.bucket):
+                self._check_stale_upload_rule()
                 return
             try:
                 self._client.make_bucket(self.bucket, object_lock=True)
@@ -144,9 +160,47 @@ class S3Store:
                 if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                     raise
                 return
+            # A recorder killed mid-upload leaves its parts behind (ciphertext, but stored and
+            # billed, and invisible to the catalog): the store drops them after a day.
+            self._client.set_bucket_lifecycle(self.bucket, _ABORT_STALE_UPLOADS)
         log.info(
-            "store=s3 endpoint=%s bucket=%s created with object lock", self.endpoint, self.bucket
+            "store=s3 endpoint=%s bucket=%s created with object lock and a rule aborting "
+            "incomplete uploads after %d day(s)",
+            self.endpoint, self.bucket, STALE_UPLOAD_DAYS,
         )
+
+    def aborts_stale_uploads(self) -> bool:
+        """Whether an enabled lifecycle rule of the whole bucket aborts incomplete multipart
+        uploads (whoever set it)."""
+        with self._errors("read lifecycle", self.bucket):
+            try:
+                config = self._client.get_bucket_lifecycle(self.bucket)
+            except S3Error as exc:
+                if exc.code == "NoSuchLifecycleConfiguration":
+                    return False
+                raise
+        return config is not None and any(
+            rule.status == ENABLED
+            and rule.abort_incomplete_multipart_upload is not None
+            and not (rule.rule_filter is not None and rule.rule_filter.prefix)
+            and not (rule.rule_filter is not None and (rule.rule_filter.tag
+                                                       or rule.rule_filter.and_operator))
+            for rule in config.rules
+        )
+
+    def _check_stale_upload_rule(self) -> None:
+        try:
+            covered = self.aborts_stale_uploads()
+        except Unavailable as exc:  # e.g. no permission to read the lifecycle: say so, go on
+            log.info("store=s3 bucket=%s lifecycle not checked: %s", self.bucket, exc.message)
+            return
+        if not covered:
+            log.warning(
+                "store=s3 bucket=%s has no lifecycle rule aborting incomplete multipart "
+                "uploads: parts of uploads a crash cut off stay stored until one is added "
+                "(docs/guide/operations.md)",
+                self.bucket,
+            )
 
     # -- the port -------------------------------------------------------------------------------
 
