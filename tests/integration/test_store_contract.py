@@ -20,8 +20,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import urllib3
 from minio import Minio
 from minio.commonconfig import Filter
+from minio.error import S3Error
 from minio.lifecycleconfig import AbortIncompleteMultipartUpload, LifecycleConfig, Rule
 from pydantic import SecretStr
 
@@ -693,6 +695,31 @@ def test_s3_existing_bucket_without_the_rule_is_opened_with_a_warning(
         S3Store(s3_client, bucket)
     assert store.aborts_stale_uploads()
     assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+
+
+def _access_denied(*_args: object, **_kwargs: object) -> None:
+    """What S3 answers credentials without the lifecycle permissions."""
+    response = urllib3.response.HTTPResponse(body=b"", status=403)
+    raise S3Error(response, "AccessDenied", "Access Denied", None, None, None)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("refused", ["get_bucket_lifecycle", "set_bucket_lifecycle"])
+def test_s3_store_starts_when_it_may_not_read_or_write_the_lifecycle(
+    s3_client: Minio, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    refused: str,
+) -> None:
+    """Least-privilege credentials (no lifecycle permissions) cost a log line, not a start."""
+    monkeypatch.setattr(s3_client, refused, _access_denied)
+    bucket = f"test-{uuid.uuid4().hex[:24]}"
+    if refused == "get_bucket_lifecycle":
+        s3_client.make_bucket(bucket, object_lock=True)  # an existing bucket: the rule is read
+    with caplog.at_level(logging.INFO, logger="vault.store.s3"):
+        store = S3Store(s3_client, bucket)
+    store.put(SEGMENT, FOOTAGE, METADATA)  # a working store
+    assert store.get(SEGMENT) == FOOTAGE
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "AccessDenied" in logged and bucket in logged
 
 
 @pytest.mark.s3

@@ -148,25 +148,41 @@ class S3Store:
 
     def ensure_bucket(self) -> None:
         """Create the bucket (Object Lock, and a rule that aborts multipart uploads left
-        incomplete for a day) if it is missing; warn about an existing one without that rule."""
+        incomplete for a day) if it is missing; warn about an existing one without that rule.
+        Only Object Lock is required: a lifecycle the store may not read or write is logged,
+        never a reason not to start."""
+        created = False
         with self._errors("create bucket", self.bucket):
-            if self._client.bucket_exists(self.bucket):
-                self._check_stale_upload_rule()
-                return
-            try:
-                self._client.make_bucket(self.bucket, object_lock=True)
-            except S3Error as exc:
-                # Another process created it between our check and our request.
-                if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
-                    raise
-                return
+            if not self._client.bucket_exists(self.bucket):
+                try:
+                    self._client.make_bucket(self.bucket, object_lock=True)
+                    created = True
+                except S3Error as exc:
+                    # Another process created it between our check and our request (and
+                    # sets its rule).
+                    if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                        raise
+                    return
+        if not created:
+            self._check_stale_upload_rule()
+            return
+        log.info(
+            "store=s3 endpoint=%s bucket=%s created with object lock", self.endpoint, self.bucket
+        )
+        try:
             # A recorder killed mid-upload leaves its parts behind (ciphertext, but stored and
             # billed, and invisible to the catalog): the store drops them after a day.
-            self._client.set_bucket_lifecycle(self.bucket, _ABORT_STALE_UPLOADS)
+            with self._errors("set lifecycle", self.bucket):
+                self._client.set_bucket_lifecycle(self.bucket, _ABORT_STALE_UPLOADS)
+        except VaultError as exc:
+            log.warning(
+                "store=s3 bucket=%s: could not add the rule aborting incomplete multipart "
+                "uploads: %s", self.bucket, exc.message,
+            )
+            return
         log.info(
-            "store=s3 endpoint=%s bucket=%s created with object lock and a rule aborting "
-            "incomplete uploads after %d day(s)",
-            self.endpoint, self.bucket, STALE_UPLOAD_DAYS,
+            "store=s3 bucket=%s aborts multipart uploads left incomplete for %d day(s)",
+            self.bucket, STALE_UPLOAD_DAYS,
         )
 
     def aborts_stale_uploads(self) -> bool:
@@ -191,7 +207,7 @@ class S3Store:
     def _check_stale_upload_rule(self) -> None:
         try:
             covered = self.aborts_stale_uploads()
-        except Unavailable as exc:  # e.g. no permission to read the lifecycle: say so, go on
+        except VaultError as exc:  # e.g. no permission to read the lifecycle: say so, go on
             log.info("store=s3 bucket=%s lifecycle not checked: %s", self.bucket, exc.message)
             return
         if not covered:
