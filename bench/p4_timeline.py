@@ -418,8 +418,7 @@ def query_plans(engine: Engine, shape: Shape, lk: Lookup) -> list[str]:
     original = Prepared.rows
 
     def capture(self: Prepared, conn: Any, params: Any) -> list[Any]:
-        form = self._forms.get(conn.dialect) or self._compile(conn.dialect)
-        sent.append((form.sql, form.args(params)))
+        sent.append(self.bound(conn.dialect, params))
         return original(self, conn, params)
 
     Prepared.rows = capture  # type: ignore[method-assign]

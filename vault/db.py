@@ -240,9 +240,17 @@ class Prepared:
         ]
         return [(i, read) for i, read in enumerate(processors) if read is not None]
 
+    def _form(self, dialect: Dialect) -> _Form:
+        return self._forms.get(dialect) or self._compile(dialect)
+
+    def bound(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, Any]:
+        """The SQL and driver arguments :meth:`rows` sends for ``params`` (to explain a plan)."""
+        form = self._form(dialect)
+        return form.sql, form.args(params)
+
     def _open(self, conn: Connection) -> tuple[_Form, Any, Any]:
         """The dialect's form, the driver connection and a fresh cursor on it."""
-        form = self._forms.get(conn.dialect) or self._compile(conn.dialect)
+        form = self._form(conn.dialect)
         dbapi_conn = conn.connection.dbapi_connection
         assert dbapi_conn is not None
         return form, dbapi_conn, dbapi_conn.cursor()

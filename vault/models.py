@@ -201,6 +201,11 @@ class Segment(SQLModel, table=True):
     purged_at: datetime | None = _utc_col(nullable=True)
 
 
+def _spans_long_default(context: Any) -> bool:
+    row = context.get_current_parameters()
+    return Gap.spans_long(row["start"], row["end"])
+
+
 class Gap(SQLModel, table=True):
     __table_args__ = (
         Index("ix_gap_camera_start", "camera_id", "start"),
@@ -213,10 +218,15 @@ class Gap(SQLModel, table=True):
     end: datetime = _utc_col()
     reason: str = Field(max_length=500)
     created_at: datetime = _utc_col()
-    # Longer than SHORT_GAP. Set from start and end whenever the ORM writes a gap; a bulk
-    # insert that bypasses it (the P4 generator) must set it the same way.
+    # Longer than SHORT_GAP: derived from start and end, stored because the gap lookup needs
+    # an index on it (an expression index on "end - start" is not portable: SQLite keeps
+    # instants as text). Set whenever the ORM writes a gap, and by a Core insert that leaves it
+    # out; only raw SQL (the P4 generator's bulk load) must set it itself.
     is_long: bool = Field(
-        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+        default=False,
+        sa_column=Column(
+            Boolean, nullable=False, default=_spans_long_default, server_default=false()
+        ),
     )
 
     @staticmethod

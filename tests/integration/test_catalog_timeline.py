@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
@@ -108,6 +109,9 @@ def test_gaps_of_any_length_are_found_and_only_the_long_ones_are_flagged(engine:
         assert inside.is_long
         inside.end = inside.start + MIN
         session.add(inside)
+    with unit_of_work(engine) as session:
+        (inside,) = session.exec(select(Gap).where(Gap.reason == "short, inside: in"))
+        assert not inside.is_long
     assert flagged == {g.reason for g in gaps if g.end - g.start > day}
     assert "exactly a day (short), starts a day before: in" not in flagged
 
@@ -127,3 +131,29 @@ def test_gaps_of_any_length_are_found_and_only_the_long_ones_are_flagged(engine:
     with reading(engine) as conn:
         _, light_gaps = timeline(conn, "cam-a", edge)
     assert "exactly a day (short), starts a day before: in" in [g.reason for g in light_gaps]
+
+
+def test_a_core_insert_that_leaves_the_flag_out_gets_it_from_start_and_end(
+    engine: Engine,
+) -> None:
+    """Not only the ORM: a Core insert (one row or many) derives ``is_long`` the same way, so a
+    long outage written that way is not lost to lookups more than a day after it began."""
+    day = SHORT_GAP
+    rows = [
+        {"id": str(uuid.uuid4()), "camera_id": "cam-a", "start": T0 + start, "end": T0 + end,
+         "reason": reason, "created_at": T0}
+        for start, end, reason in (
+            (-5 * day, 5 * MIN, "five days, open at the window"),
+            (-MIN, MIN, "two minutes"),
+        )
+    ]
+    with unit_of_work(engine) as session:
+        sync_config(session, parse_config(CONFIG), {}, at=T0)
+    with engine.begin() as conn:
+        conn.execute(insert(Gap.__table__), rows)  # type: ignore[attr-defined]
+    with unit_of_work(engine) as session:
+        flags = {g.reason: g.is_long for g in session.exec(select(Gap))}
+    assert flags == {"five days, open at the window": True, "two minutes": False}
+    with reading(engine) as conn:
+        _, gaps = timeline(conn, "cam-a", TimeRange(T0, T0 + 10 * MIN))
+    assert [g.reason for g in gaps] == ["five days, open at the window", "two minutes"]

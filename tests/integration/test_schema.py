@@ -176,15 +176,8 @@ def test_sqlite_finds_gaps_through_two_bounded_index_ranges(tmp_path: Path) -> N
     migrate(engine)
     window = TimeRange(NOW - timedelta(hours=1), NOW)
     with engine.connect() as conn:
-        compiled = _TIMELINE_GAPS._statement.compile(dialect=engine.dialect)
-        params = _range_params("cam", window)
-        values = [compiled.binds[name].type.dialect_impl(engine.dialect)
-                  .bind_processor(engine.dialect) for name in compiled.positiontup or ()]
-        args = tuple(
-            process(params[name]) if process else params[name]
-            for name, process in zip(compiled.positiontup or (), values, strict=True)
-        )
-        explained = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.string}", args)
+        sql, args = _TIMELINE_GAPS.bound(engine.dialect, _range_params("cam", window))
+        explained = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", tuple(args))
         plan = " | ".join(str(row[-1]) for row in explained)
     # Short gaps: the start index, bounded below and above; long ones: their own index.
     assert "USING INDEX ix_gap_camera_start (camera_id=? AND start>? AND start<?)" in plan, plan
